@@ -1,0 +1,84 @@
+"""Every workaround for RecBole 1.2.1's clashes with today's libraries, in one place.
+
+`apply()` runs once when `recbole_r2rec` is imported. Each fix is named after the quirk it mends
+(see ../shared/docs/stack.md) and has its own test in tests/test_compat.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import types
+
+import numpy as np
+
+_APPLIED = False
+
+
+def restore_numpy_aliases() -> None:
+    """numpy 2 removed `np.float_`, `np.complex_`, `np.bool8`, `np.unicode_`; RecBole's Config and
+    ray 2.6.3 still use them (and RecBole re-creates `np.float`/`np.int` from them)."""
+    for alias, target in {
+        "float_": np.float64,
+        "complex_": np.complex128,
+        "bool8": np.bool_,
+        "unicode_": np.str_,
+        "string_": np.bytes_,
+    }.items():
+        if alias not in np.__dict__:
+            setattr(np, alias, target)
+
+
+class _TrustedCheckpointTorch(types.ModuleType):
+    """`torch` as RecBole's trainer sees it: identical, except that `torch.load` reads RecBole's own
+    checkpoints (which pickle its `Config`) with `weights_only=False`, as torch < 2.6 did."""
+
+    def __init__(self, torch_module):
+        super().__init__("torch")
+        self._torch = torch_module
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    def load(self, *args, **kwargs):
+        kwargs.setdefault("weights_only", False)
+        return self._torch.load(*args, **kwargs)
+
+
+def trust_recbole_checkpoints() -> None:
+    """torch >= 2.6 loads weights-only by default, so `Trainer.evaluate(load_best_model=True)` and
+    `resume_checkpoint` fail on the checkpoints RecBole itself just wrote. Scoped to RecBole's trainer."""
+    import torch
+    import recbole.trainer.trainer as recbole_trainer
+
+    if not isinstance(recbole_trainer.torch, _TrustedCheckpointTorch):
+        recbole_trainer.torch = _TrustedCheckpointTorch(torch)
+
+
+@contextlib.contextmanager
+def isolated_config_construction():
+    """RecBole's `Config` reads every `--key=value` of `sys.argv` (so a wrapper's or pytest's flags leak
+    into it) and overwrites `CUDA_VISIBLE_DEVICES` for the whole process from `gpu_id` (which breaks
+    `accelerate launch`, where each process has its own device). Build a Config inside this block."""
+    saved_argv = sys.argv
+    saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+    sys.argv = sys.argv[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        if saved_cuda is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved_cuda
+
+
+def apply() -> None:
+    """Apply the import-time fixes once (idempotent)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    restore_numpy_aliases()
+    trust_recbole_checkpoints()
+    _APPLIED = True

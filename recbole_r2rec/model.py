@@ -1,0 +1,3 @@
+from recbole.model.abstract_recommender import SequentialRecommender
+class R2Rec(SequentialRecommender):
+    pass

@@ -1,0 +1,132 @@
+"""One run of one model on one dataset under the shared protocol, written to a result JSON.
+
+Deliberately not `recbole.quick_start.run_recbole`: that imports ray and runs `get_flops`, which
+deep-copies the model and calls `predict` (ruinous for an LLM).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from recbole.data import create_dataset
+from recbole.utils import init_logger, init_seed
+
+from recbole_r2rec.config import (
+    build_config,
+    check_dataset_on_disk,
+    config_as_dict,
+    parse_value,
+)
+from recbole_r2rec.protocol import FixedCandidateEvalDataLoader, prepare_data
+from recbole_r2rec.registry import get_model, get_trainer
+
+DEFAULT_MODEL = "R2Rec"
+DEFAULT_RESULT_DIR = Path("saved") / "results"
+
+
+def default_result_file(model: str, dataset: str, seed) -> Path:
+    return DEFAULT_RESULT_DIR / f"{model}-{dataset}-seed{seed}.json"
+
+
+def _floats(result) -> dict:
+    return {k: float(v) for k, v in (result or {}).items()}
+
+
+def run(model: str = DEFAULT_MODEL, dataset: str = "ml-100k", config_files=(), overrides=None,
+        result_file=None) -> dict:
+    """Train `model` on `dataset`, evaluate on valid and test, write and return the result dict."""
+    timings = {}
+    start = time.perf_counter()
+    config = build_config(model, dataset, config_files, overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = logging.getLogger()
+    check_dataset_on_disk(config)
+    data = create_dataset(config)
+    train_data, valid_data, test_data = prepare_data(config, data)
+    timings["load"] = time.perf_counter() - start
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = get_model(model)(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    out_dir = Path(config["checkpoint_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.saved_model_file = str(out_dir / f"{model}-{dataset}-seed{config['seed']}.pth")
+
+    t = time.perf_counter()
+    _, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"])
+    timings["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
+    timings["test"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+
+    result = {
+        "model": model,
+        "dataset": dataset,
+        "seed": config["seed"],
+        "best_valid_result": _floats(best_valid_result),
+        "test_result": _floats(test_result),
+        "eval_users": {"valid": len(valid_data.uid_list), "test": len(test_data.uid_list)},
+        "candidates_sha256": {
+            phase: loader.digest() for phase, loader in (("valid", valid_data), ("test", test_data))
+            if isinstance(loader, FixedCandidateEvalDataLoader)
+        },
+        "extra": getattr(trainer, "extra_results", {}),
+        "timings_s": timings,
+        "config": config_as_dict(config),
+    }
+    path = Path(result_file) if result_file else default_result_file(model, dataset, config["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    logger.info(f"valid: {result['best_valid_result']}")
+    logger.info(f"test: {result['test_result']}")
+    logger.info(f"result written to {path}")
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_recbole_r2rec.py",
+        description="Train and evaluate a model (R2Rec or any RecBole model) under the shared protocol.",
+        epilog=(
+            "Any other --key=value is a RecBole/R2Rec config override (highest priority), e.g. "
+            "--seed=2021 --epochs=5 --eval_users=100 --stages=none --data_path=DIR. "
+            "Config layers: properties/overall.yaml < properties/dataset/<d>.yaml < "
+            "properties/model/<M>.yaml < --config_files < --key=value."
+        ),
+    )
+    parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help="model name (default: R2Rec)")
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
+    parser.add_argument("--config_files", default="", help="extra YAML files, comma or space separated")
+    parser.add_argument("--result_file", default=None,
+                        help=f"result JSON path (default: {DEFAULT_RESULT_DIR}/<model>-<dataset>-seed<seed>.json)")
+    return parser
+
+
+def parse_overrides(tokens) -> dict:
+    """`--key=value` / `--key value` tokens as a config dict (values parsed as YAML)."""
+    overrides, i = {}, 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise SystemExit(f"unexpected argument {token!r}: overrides are written --key=value")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise SystemExit(f"option --{key} needs a value: --{key}=VALUE")
+            i += 1
+            value = tokens[i]
+        overrides[key] = parse_value(value)
+        i += 1
+    return overrides
+
+
+def main(argv=None) -> dict:
+    args, rest = build_parser().parse_known_args(argv)
+    overrides = parse_overrides(rest)
+    files = [f for f in args.config_files.replace(",", " ").split() if f]
+    return run(args.model, args.dataset, files, overrides, args.result_file)

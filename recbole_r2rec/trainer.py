@@ -1,0 +1,3 @@
+from recbole.trainer import Trainer
+class R2RecTrainer(Trainer):
+    pass
