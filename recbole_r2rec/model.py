@@ -1,3 +1,113 @@
+"""R2Rec as a RecBole sequential recommender: an LLM reads the user's history and candidates, may
+write its thoughts, and every candidate is scored by its length-normalised log-likelihood as the answer.
+Training happens in stages (R2RecTrainer), not through `calculate_loss`."""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import torch
 from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_r2rec import prompts
+from recbole_r2rec.llm import load_backbone
+from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
+from recbole_r2rec.scoring import constrained_choice, generate, score_shared
+
+logger = logging.getLogger(__name__)
+
+
 class R2Rec(SequentialRecommender):
-    pass
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        for phase in ("valid", "test"):
+            if candidate_mode(config, phase) == "full":
+                raise ProtocolError(
+                    "R2Rec reads a candidate list, so all-item ranking (eval_args.mode: full) is not "
+                    "meaningful for it. Use the shared candidate protocol: "
+                    "eval_args: {mode: {valid: uni19, test: uni19}} (properties/overall.yaml)."
+                )
+        self.seed = config["seed"]
+        self.history_len = config["history_len"]
+        self.generate_thoughts = config["generate_thoughts"]
+        self.max_new_tokens = config["max_new_tokens"]
+        self.constrained_answer = config["constrained_answer"]
+        self.score_batch_users = config["score_batch_users"]
+        self.candidate_attributes = config["candidate_attributes"]
+        self.titles, self.attributes = prompts.item_texts(
+            dataset, list(config["item_text_fields"]), config["item_text_fallback_to_id"]
+        )
+        self.llm, self.tokenizer = load_backbone(config["llm_path"], config["llm_dtype"], config["llm_device"])
+        self.answers = []  # per evaluated user: what the model answered (for ValidRatio, --explain)
+
+    # -- text ---------------------------------------------------------------------------------------
+    def describe(self, item: int) -> str:
+        return prompts.describe(self.titles[item], self.attributes[item])
+
+    def prompt_text(self, history: list, shown: list, context: str = "") -> str:
+        candidates = [self.describe(i) if self.candidate_attributes else self.titles[i] for i in shown]
+        message = prompts.user_message([self.describe(i) for i in history], candidates, context)
+        return prompts.chat_prompt(self.tokenizer, message)
+
+    def encode(self, text: str) -> list:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # -- RecBole interface ----------------------------------------------------------------------------
+    def calculate_loss(self, interaction):
+        raise NotImplementedError("R2Rec is trained by the stages of R2RecTrainer (--stages=...), not by a loss")
+
+    def full_sort_predict(self, interaction):
+        raise ProtocolError("R2Rec ranks candidates only; use eval_args.mode uni19 (the shared protocol)")
+
+    @torch.no_grad()
+    def predict(self, interaction):
+        """Scores for RecBole's flat (user, candidate) rows, in RecBole's row order."""
+        users = interaction[self.USER_ID].tolist()
+        items = interaction[self.ITEM_ID].tolist()
+        seqs = interaction[self.ITEM_SEQ].cpu().numpy()
+        lens = interaction[self.ITEM_SEQ_LEN].tolist()
+        groups = OrderedDict()
+        for row, uid in enumerate(users):
+            groups.setdefault(uid, []).append(row)
+        queries = []
+        for uid, rows in groups.items():
+            shown = [int(i) for i in candidate_order(self.seed, uid, [items[r] for r in rows])]
+            history = prompts.history_ids(seqs[rows[0]], lens[rows[0]], self.history_len)
+            queries.append((uid, rows, history, shown))
+        scores = torch.empty(len(users))
+        for start in range(0, len(queries), self.score_batch_users):
+            for (uid, rows, history, shown), item_scores in self.score_users(queries[start:start + self.score_batch_users]):
+                for r in rows:
+                    scores[r] = item_scores[items[r]]
+        return scores.to(self.device)
+
+    def score_users(self, queries):
+        """For a batch of (uid, rows, history, shown): generate thoughts/answers (optionally), score
+        every shown candidate, record the answers. Yields (query, {item: score})."""
+        prompt_ids = [self.encode(self.prompt_text(h, shown)) for _, _, h, shown in queries]
+        thoughts = [None] * len(queries)
+        completions = [""] * len(queries)
+        if self.generate_thoughts:
+            completions = generate(self.llm, self.tokenizer, prompt_ids, self.max_new_tokens,
+                                   stop=[prompts.ANSWER_CLOSE])
+            thoughts = [prompts.split_completion(c)[0] or "" for c in completions]
+        prefixes = [p + self.encode(prompts.answer_prefix(t)) for p, t in zip(prompt_ids, thoughts)]
+        cand_ids = [[self.encode(self.titles[i] + prompts.ANSWER_CLOSE) for i in shown] for *_, shown in queries]
+        results = score_shared(self.llm, prefixes, cand_ids, self.tokenizer.pad_token_id)
+        for query, completion, thought, cands, res in zip(queries, completions, thoughts, cand_ids, results):
+            uid, _, history, shown = query
+            if self.constrained_answer:
+                choice = constrained_choice(cands, res.token_logprobs)
+            elif self.generate_thoughts:
+                choice = prompts.parse_answer(completion, [self.titles[i] for i in shown])
+            else:
+                choice = None
+            self.answers.append({
+                "user": uid, "history": history, "candidates": shown, "scores": res.mean,
+                "completion": completion, "thoughts": thought,
+                "answer_item": shown[choice] if choice is not None else None,
+            })
+            yield query, dict(zip(shown, res.mean))
