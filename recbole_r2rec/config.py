@@ -32,9 +32,15 @@ class DatasetNotFoundError(FileNotFoundError):
 def parse_value(text: str):
     """A command-line value as YAML (`3`, `1e-3`, `[1,5]`, `{valid: uni19}`, `~`), else the string."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def read_yaml(path) -> dict:

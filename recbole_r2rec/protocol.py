@@ -37,21 +37,42 @@ def candidate_mode(config, phase: str) -> str:
     return mode[phase] if isinstance(mode, dict) else mode
 
 
-def draw_negatives(rng: np.random.Generator, n_items: int, used: set, num: int) -> np.ndarray:
-    """`num` distinct item ids drawn uniformly from 1..n_items-1, none of them in `used`."""
-    available = n_items - 1 - len(used)
+def draw_negatives(rng: np.random.Generator, used: set, num: int, probs: np.ndarray) -> np.ndarray:
+    """`num` distinct item ids drawn from `probs` (over ids 0..n-1, id 0 is padding), none in `used`."""
+    available = int(np.count_nonzero(probs)) - len(used)  # seen items all have weight > 0
     if available < num:
         raise ProtocolError(f"only {available} unseen items left to sample {num} negatives from")
     chosen: list = []
     seen = set(used)
     while len(chosen) < num:
-        for item in rng.integers(1, n_items, size=2 * (num - len(chosen))).tolist():
+        for item in rng.choice(len(probs), size=2 * (num - len(chosen)), p=probs).tolist():
             if item not in seen:
                 seen.add(item)
                 chosen.append(item)
                 if len(chosen) == num:
                     break
     return np.asarray(chosen, dtype=np.int64)
+
+
+def seen_items(dataset) -> dict:
+    """user id -> every item the user interacted with, in any split (negatives are never among them)."""
+    users = np.asarray(dataset.inter_feat[dataset.uid_field])
+    items = np.asarray(dataset.inter_feat[dataset.iid_field])
+    seen: dict = {}
+    for u, i in zip(users.tolist(), items.tolist()):
+        seen.setdefault(u, set()).add(i)
+    return seen
+
+
+def negative_distribution(dataset, distribution: str, alpha: float = 1.0) -> np.ndarray:
+    """Sampling weights over item ids: uniform, or popularity**alpha (`popN`), id 0 excluded."""
+    n = dataset.item_num
+    if distribution == "uniform":
+        weights = np.ones(n)
+    else:
+        weights = np.bincount(np.asarray(dataset.inter_feat[dataset.iid_field]), minlength=n) ** alpha
+    weights[0] = 0.0
+    return weights / weights.sum()
 
 
 def candidate_order(seed: int, user_id: int, items) -> np.ndarray:
@@ -65,36 +86,22 @@ def candidate_order(seed: int, user_id: int, items) -> np.ndarray:
 class FixedCandidateEvalDataLoader(NegSampleEvalDataLoader):
     """RecBole's candidate-evaluation loader with candidates fixed once per (dataset, seed, phase)."""
 
-    def __init__(self, config, dataset, sampler, shuffle=False):
+    def __init__(self, config, dataset, sampler, seen: dict, probs: np.ndarray):
         super().__init__(config, dataset, sampler, shuffle=False)
         self.phase = sampler.phase
-        self.candidates = self._draw_candidates(config)
+        self.candidates = self._draw_candidates(config["seed"], seen, probs)
 
-    def _draw_candidates(self, config) -> dict:
-        """user id -> item ids of all its rows' candidates, in the order shown to the model."""
-        uid_field, iid_field = self._dataset.uid_field, self._dataset.iid_field
-        users = self._dataset.inter_feat[uid_field].numpy()
-        positives = self._dataset.inter_feat[iid_field].numpy()
-        seed = config["seed"]
-        uniform = self.neg_sample_args["distribution"] == "uniform"
+    def _draw_candidates(self, seed, seen: dict, probs: np.ndarray) -> dict:
+        """user id -> item ids of all its rows' candidates, in the order shown to the model. Drawn from
+        a generator of (seed, phase) alone, excluding every item the user ever interacted with, so the
+        sets do not depend on the model (RecBole's samplers differ between general and sequential)."""
+        positives = self._dataset.inter_feat[self._dataset.iid_field].numpy()
         rng = np.random.default_rng([int(seed), _PHASE_STREAM[self.phase]])
-        if not uniform:  # popularity sampling: RecBole's sampler, on a dedicated, seeded state
-            state = np.random.get_state()
-            np.random.seed(int(rng.integers(2**31)))
-            try:
-                drawn = self._sampler.sample_by_user_ids(users, positives, self.neg_sample_num)
-            finally:
-                np.random.set_state(state)
-            drawn = drawn.numpy().reshape(self.neg_sample_num, len(users)).T
         candidates = {}
         for uid in self.uid_list:
-            rows = self.uid2index[uid]
-            pos = positives[rows]
-            if uniform:
-                used = set(self._sampler.used_ids[uid]) | set(pos.tolist())
-                negs = draw_negatives(rng, self._dataset.item_num, used, self.neg_sample_num * len(pos))
-            else:
-                negs = drawn[rows].reshape(-1)
+            pos = positives[self.uid2index[uid]]
+            used = seen.get(int(uid), set()) | set(pos.tolist())
+            negs = draw_negatives(rng, used, self.neg_sample_num * len(pos), probs)
             candidates[int(uid)] = candidate_order(seed, uid, np.concatenate([pos, negs]))
         return candidates
 
@@ -138,6 +145,10 @@ def prepare_data(config, dataset):
     """Split and build the train/valid/test loaders under the shared protocol (cf. RecBole's
     `data_preparation`): candidate phases get `FixedCandidateEvalDataLoader`, restricted to
     `eval_users` when set."""
+    seen = seen_items(dataset)  # before build(): sequential datasets rewrite inter_feat there
+    probs = {phase: negative_distribution(dataset, config[f"{phase}_neg_sample_args"]["distribution"],
+                                          config[f"{phase}_neg_sample_args"].get("alpha", 1.0))
+             for phase in ("valid", "test") if config[f"{phase}_neg_sample_args"]["distribution"] != "none"}
     built = dataset.build()
     train_dataset, valid_dataset, test_dataset = built
     train_sampler, valid_sampler, test_sampler = create_samplers(config, dataset, built)
@@ -150,7 +161,7 @@ def prepare_data(config, dataset):
     for phase, split, sampler in (("valid", valid_dataset, valid_sampler), ("test", test_dataset, test_sampler)):
         split = sample_eval_users(config, split)
         if re.fullmatch(r"(uni|pop)\d+", candidate_mode(config, phase)):
-            loaders.append(FixedCandidateEvalDataLoader(config, split, sampler))
+            loaders.append(FixedCandidateEvalDataLoader(config, split, sampler, seen, probs[phase]))
         else:
             loaders.append(get_dataloader(config, phase)(config, split, sampler, shuffle=False))
     return tuple(loaders)

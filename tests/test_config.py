@@ -1,0 +1,86 @@
+"""Layered configuration, model lookup and the errors a user sees."""
+import time
+
+import pytest
+
+from recbole_r2rec.config import ConfigError, DatasetNotFoundError, build_config, check_dataset_on_disk
+from recbole_r2rec.registry import UnknownModelError, get_model, get_trainer
+from recbole_r2rec.runner import parse_overrides, run
+
+
+def test_layers_overall_dataset_model_files_cmdline(tmp_path):
+    config = build_config("SASRec", "ml-100k")
+    assert config["valid_metric"] == "Hit@1"  # overall protocol
+    assert config["item_text_fields"] == ["movie_title", "release_year", "class"]  # dataset file
+    assert config["hidden_size"] == 64  # model file beats RecBole's internal default
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("hidden_size: 32\nn_layers: 1\n")
+    config = build_config("SASRec", "ml-100k", [extra])
+    assert config["hidden_size"] == 32 and config["n_layers"] == 1  # --config_files beat the model file
+    config = build_config("SASRec", "ml-100k", [extra], {"hidden_size": 16})
+    assert config["hidden_size"] == 16 and config["n_layers"] == 1  # command line beats all
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        build_config("SASRec", "ml-100k", [bad])
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- epochs\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        build_config("SASRec", "ml-100k", [listy])
+    with pytest.raises(ConfigError, match="not found"):
+        build_config("SASRec", "ml-100k", [tmp_path / "missing.yaml"])
+
+
+def test_unknown_model_lists_available_names():
+    with pytest.raises(UnknownModelError) as err:
+        get_model("SASRecc")
+    message = str(err.value)
+    assert "SASRecc" in message and "SASRec" in message and "R2Rec" in message and "LightGCN" in message
+
+
+def test_plugin_model_and_trainer_first():
+    from recbole.utils import ModelType
+
+    from recbole_r2rec.model import R2Rec
+    from recbole_r2rec.trainer import R2RecTrainer
+
+    assert get_model("R2Rec") is R2Rec
+    assert issubclass(get_trainer(ModelType.SEQUENTIAL, "R2Rec"), R2RecTrainer)
+    assert get_model("SASRec").__module__.startswith("recbole.model")
+
+
+def test_missing_dataset_fails_fast_without_download(tmp_path, monkeypatch, in_tmp):
+    import recbole.data.dataset.dataset as recbole_dataset
+
+    def no_download(*a, **k):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(recbole_dataset, "download_url", no_download)
+    monkeypatch.setattr(recbole_dataset, "decide_download", no_download)
+    start = time.perf_counter()
+    with pytest.raises(DatasetNotFoundError) as err:
+        run("BPR", "nosuchdata", overrides={"data_path": str(tmp_path / "nowhere")})
+    assert time.perf_counter() - start < 60
+    message = str(err.value)
+    assert str(tmp_path / "nowhere" / "nosuchdata" / "nosuchdata.inter") in message
+    assert "--data_path" in message
+
+
+def test_shipped_datasets_resolve_to_shared_folder():
+    config = build_config("BPR", "lastfm")
+    check_dataset_on_disk(config)  # ../shared/datasets/lastfm/lastfm.inter exists for tests
+    assert config["data_path"].endswith("lastfm")
+
+
+def test_parse_overrides_types_and_errors():
+    assert parse_overrides(["--epochs=3", "--learning_rate", "1e-3", "--stages=sft,rl",
+                            "--eval_args={mode: {valid: uni19, test: uni19}}", "--eval_users=~"]) == {
+        "epochs": 3, "learning_rate": 1e-3, "stages": "sft,rl",
+        "eval_args": {"mode": {"valid": "uni19", "test": "uni19"}}, "eval_users": None}
+    with pytest.raises(SystemExit, match="--key=value"):
+        parse_overrides(["stray"])
+    with pytest.raises(SystemExit, match="needs a value"):
+        parse_overrides(["--epochs"])
