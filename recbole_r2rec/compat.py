@@ -74,11 +74,21 @@ def isolated_config_construction():
             os.environ["CUDA_VISIBLE_DEVICES"] = saved_cuda
 
 
+def quiet_known_warnings() -> None:
+    """RecBole 1.2.1 triggers pandas 2.x and torch deprecation warnings on every run (chained
+    `fillna(inplace=True)`, `torch.cuda.amp.GradScaler`); they are harmless with the pinned versions
+    and drown the log. (pandas 3 would break that fillna for real: it is pinned to 2.x.)"""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+
+
 def apply() -> None:
     """Apply the import-time fixes once (idempotent)."""
     global _APPLIED
     if _APPLIED:
         return
     restore_numpy_aliases()
+    quiet_known_warnings()
     trust_recbole_checkpoints()
     _APPLIED = True

@@ -21,8 +21,9 @@ logger = logging.getLogger(__name__)
 class R2Rec(SequentialRecommender):
     input_type = InputType.POINTWISE
 
-    def __init__(self, config, dataset):
-        super().__init__(config, dataset)
+    @staticmethod
+    def check_config(config) -> None:
+        """Refuse, before any data is loaded, what R2Rec cannot evaluate."""
         for phase in ("valid", "test"):
             if candidate_mode(config, phase) == "full":
                 raise ProtocolError(
@@ -30,6 +31,10 @@ class R2Rec(SequentialRecommender):
                     "meaningful for it. Use the shared candidate protocol: "
                     "eval_args: {mode: {valid: uni19, test: uni19}} (properties/overall.yaml)."
                 )
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.check_config(config)
         self.seed = config["seed"]
         self.history_len = config["history_len"]
         self.generate_thoughts = config["generate_thoughts"]
@@ -92,7 +97,7 @@ class R2Rec(SequentialRecommender):
         completions = [""] * len(queries)
         if self.generate_thoughts:
             completions = generate(self.llm, self.tokenizer, prompt_ids, self.max_new_tokens,
-                                   stop=[prompts.ANSWER_CLOSE])
+                                   stop=prompts.ANSWER_CLOSE)
             thoughts = [prompts.split_completion(c)[0] or "" for c in completions]
         prefixes = [p + self.encode(prompts.answer_prefix(t)) for p, t in zip(prompt_ids, thoughts)]
         cand_ids = [[self.encode(self.titles[i] + prompts.ANSWER_CLOSE) for i in shown] for *_, shown in queries]

@@ -41,6 +41,9 @@ def run(model: str = DEFAULT_MODEL, dataset: str = "ml-100k", config_files=(), o
     timings = {}
     start = time.perf_counter()
     config = build_config(model, dataset, config_files, overrides)
+    model_class = get_model(model)
+    if hasattr(model_class, "check_config"):
+        model_class.check_config(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = logging.getLogger()
@@ -50,7 +53,7 @@ def run(model: str = DEFAULT_MODEL, dataset: str = "ml-100k", config_files=(), o
     timings["load"] = time.perf_counter() - start
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    net = get_model(model)(config, train_data._dataset).to(config["device"])
+    net = model_class(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     out_dir = Path(config["checkpoint_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 
 @dataclass
@@ -126,12 +127,28 @@ def constrained_choice(candidates: list, token_logprobs: list) -> int:
     return alive[0]
 
 
+class StopOnText(StoppingCriteria):
+    """Stops each sequence once its decoded tail contains `text`. Works with any tokenizer, unlike
+    generate(stop_strings=...), which assumes byte-level BPE vocabularies."""
+
+    def __init__(self, tokenizer, text: str, prompt_width: int, window: int = 16):
+        self.tokenizer, self.text, self.start, self.window = tokenizer, text, prompt_width, window
+
+    def __call__(self, input_ids, scores, **kwargs):
+        tails = self.tokenizer.batch_decode(input_ids[:, max(self.start, input_ids.shape[1] - self.window):])
+        return torch.tensor([self.text in t for t in tails], device=input_ids.device)
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list, max_new_tokens: int, stop=None) -> list:
-    """Greedy completions of a batch of prompt token lists (left-padded), decoded to text."""
+def generate(model, tokenizer, prompts: list, max_new_tokens: int, stop: str | None = None) -> list:
+    """Greedy completions of a batch of prompt token lists (left-padded), decoded to text and cut
+    just after `stop`."""
     ids, mask = _left_pad(prompts, tokenizer.pad_token_id, model.device)
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    if stop:
-        kwargs.update(stop_strings=stop, tokenizer=tokenizer)
-    out = model.generate(input_ids=ids, attention_mask=mask.long(), **kwargs)
-    return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    criteria = StoppingCriteriaList([StopOnText(tokenizer, stop, ids.shape[1])] if stop else [])
+    out = model.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria)
+    # Keep added tokens such as <think> (a tokenizer may mark them special); drop only padding/eos.
+    texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=False)
+    for marker in {tokenizer.pad_token, tokenizer.eos_token} - {None}:
+        texts = [t.replace(marker, "") for t in texts]
+    return [t[: t.index(stop) + len(stop)] if stop and stop in t else t for t in texts]

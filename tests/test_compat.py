@@ -51,3 +51,4 @@ def test_apply_is_idempotent():
 
     assert isinstance(recbole_trainer.torch, compat._TrustedCheckpointTorch)
     assert not isinstance(recbole_trainer.torch._torch, compat._TrustedCheckpointTorch)
+

@@ -1,0 +1,201 @@
+"""R2Rec with a tiny LLM built in the test: scoring, row order, candidate order, answers, errors."""
+import numpy as np
+import pytest
+import torch
+from recbole.data import create_dataset
+from recbole.utils import ModelType, init_seed
+
+from conftest import tiny, write_tiny_dataset
+from recbole_r2rec import prompts
+from recbole_r2rec.config import ConfigError, build_config
+from recbole_r2rec.llm import load_backbone
+from recbole_r2rec.model import R2Rec
+from recbole_r2rec.protocol import ProtocolError, candidate_order, prepare_data
+from recbole_r2rec.registry import get_trainer
+from recbole_r2rec.runner import run
+from recbole_r2rec.scoring import constrained_choice, score_naive, score_shared
+from recbole_r2rec.trainer import parse_stages
+
+
+def _r2rec(dataset_name, data_path, llm, **extra):
+    overrides = tiny(llm_path=llm, llm_dtype="float32", generate_thoughts=False, **extra)
+    if data_path:
+        overrides["data_path"] = data_path
+    else:
+        overrides = {k: v for k, v in overrides.items() if k not in ("load_col", "item_text_fields")}
+    config = build_config("R2Rec", dataset_name, overrides=overrides)
+    init_seed(config["seed"], True)
+    data = prepare_data(config, create_dataset(config))
+    return config, data
+
+
+@pytest.fixture(scope="module")
+def tiny_r2rec(tiny_data_path, tiny_llm_path, tmp_path_factory):
+    import os
+
+    os.chdir(tmp_path_factory.mktemp("r2rec"))
+    config, (train, valid, test) = _r2rec("tiny", tiny_data_path, tiny_llm_path)
+    return config, R2Rec(config, train._dataset), test
+
+
+def test_shared_prefix_scores_equal_naive_per_candidate_scores(tiny_llm_path):
+    model, tok = load_backbone(tiny_llm_path, dtype="float32", device="cpu")
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prefixes = [enc("the user chose red star <answer>"),
+                enc("the user chose these items oldest first moon sun river <think> fire </think> <answer>"),
+                enc("<answer>")]
+    cands = [[enc(t + " </answer>") for t in ("red star 1", "moon", "king queen 3 war", "ice")],
+             [enc(t + " </answer>") for t in ("sun river", "night")],
+             [enc(t + " </answer>") for t in ("day", "game 2", "love city road dream")]]
+    shared = score_shared(model, prefixes, cands, tok.pad_token_id)
+    for p, c, s in zip(prefixes, cands, shared):
+        np.testing.assert_allclose(s.mean, score_naive(model, p, c), atol=1e-5)
+        assert len(s.token_logprobs) == len(c)
+
+
+def test_scores_follow_recbole_row_order(tiny_r2rec):
+    config, model, test = tiny_r2rec
+    interaction = test.collate_fn(np.arange(4))[0]
+    scores = model.predict(interaction)
+    perm = torch.randperm(len(interaction), generator=torch.Generator().manual_seed(0))
+    permuted = model.predict(interaction[perm])
+    torch.testing.assert_close(permuted, scores[perm])
+    # and each score is that row's own candidate's log-likelihood
+    answer = model.answers[0]
+    item = answer["candidates"][3]
+    row = [r for r in range(len(interaction)) if int(interaction["item_id"][r]) == item
+           and int(interaction["user_id"][r]) == answer["user"]][0]
+    prefix = model.encode(model.prompt_text(answer["history"], answer["candidates"]) + prompts.answer_prefix(None))
+    naive = score_naive(model.llm, prefix, [model.encode(model.titles[item] + prompts.ANSWER_CLOSE)])[0]
+    assert abs(float(scores[row]) - naive) < 1e-4
+
+
+def test_prompt_order_does_not_depend_on_which_row_is_positive(tiny_r2rec):
+    config, model, test = tiny_r2rec
+    interaction = test.collate_fn(np.arange(1))[0]
+    positive_first = torch.cat([torch.nonzero(interaction["label"] == 1).view(-1),
+                                torch.nonzero(interaction["label"] == 0).view(-1)])
+    model.answers = []
+    model.predict(interaction)
+    model.predict(interaction[positive_first])
+    model.predict(interaction[torch.arange(len(interaction)).flip(0)])
+    shown = [tuple(a["candidates"]) for a in model.answers]
+    assert shown[0] == shown[1] == shown[2]
+    uid = model.answers[0]["user"]
+    assert list(shown[0]) == list(candidate_order(config["seed"], uid, interaction["item_id"].tolist()))
+    text = model.prompt_text(model.answers[0]["history"], list(shown[0]))
+    assert text.index(model.titles[shown[0][0]]) < text.index(model.titles[shown[0][1]])
+
+
+class FirstListedR2Rec(R2Rec):
+    """Always prefers the first candidate of its prompt."""
+
+    def score_users(self, queries):
+        for query in queries:
+            shown = query[3]
+            yield query, {item: float(k == 0) for k, item in enumerate(shown)}
+
+
+def test_scorer_preferring_first_listed_candidate_is_at_chance(tiny_llm_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config, (train, valid, test) = _r2rec("ml-100k", None, tiny_llm_path, item_text_fallback_to_id=False)
+    model = FirstListedR2Rec(config, train._dataset)
+    trainer = get_trainer(ModelType.SEQUENTIAL, "R2Rec")(config, model)
+    hit1 = trainer.evaluate(test)["hit@1"]
+    n = len(test.uid_list)
+    assert n > 900 and abs(hit1 - 0.05) < 3 * np.sqrt(0.05 * 0.95 / n)
+
+
+@pytest.mark.parametrize("text", [
+    "", None, "<answer></answer>", "<answer>", "</answer>", "<think>red star</think>",
+    "<answer>nothing of that sort</answer>", "<answer>red star 1 or moon sun 2</answer>",
+    "<answer>" + " ".join(f"red star {i}" for i in range(1, 4)) + "</answer>", "\x00\ufffd<answer>\n</answer>",
+    "<answer>red star 1" * 500,
+])
+def test_malformed_empty_or_ambiguous_answers_are_invalid(text):
+    titles = ["red star 1", "moon sun 2", "red star 3"]
+    result = prompts.parse_answer(text, titles)
+    if text and "red star 1" * 2 in text.replace("<answer>", ""):
+        assert result == 0  # one candidate named (repeatedly) is still that candidate
+    else:
+        assert result is None
+
+
+def test_answer_parsing_prefers_the_longest_title_and_reads_tags():
+    titles = ["Alien", "Aliens", "Toy Story"]
+    assert prompts.parse_answer("<think>I like Alien</think><answer>Aliens</answer>", titles) == 1
+    assert prompts.parse_answer("<answer>alien</answer>", titles) == 0
+    assert prompts.parse_answer("I would pick Toy Story.", titles) == 2  # untagged: whole text
+    assert prompts.split_completion("<think>a</think>\n<answer>b</answer>") == ("a", "b")
+    assert prompts.split_completion("no tags") == ("no tags", None)
+
+
+def test_constrained_decoding_is_greedy_trie_decoding(tiny_llm_path):
+    model, tok = load_backbone(tiny_llm_path, dtype="float32", device="cpu")
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    titles = ["red star 1", "red star 3", "red moon", "sun", "king queen 4"]
+    for seed, text in enumerate(["the user chose red <answer>", "moon sun river <answer>", "<answer>"]):
+        prefix = enc(text)
+        cands = [enc(t + " </answer>") for t in titles]
+        res = score_shared(model, [prefix], [cands], tok.pad_token_id)[0]
+        choice = constrained_choice(cands, res.token_logprobs)
+        assert 0 <= choice < len(titles)
+
+        def allowed(batch_id, ids):
+            done = ids.tolist()[len(prefix):]
+            nxt = {c[len(done)] for c in cands if c[:len(done)] == done and len(c) > len(done)}
+            return sorted(nxt) or [tok.eos_token_id]
+
+        out = model.generate(torch.tensor([prefix]), max_new_tokens=max(map(len, cands)), do_sample=False,
+                             prefix_allowed_tokens_fn=allowed, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+        generated = out[0, len(prefix):].tolist()
+        assert generated[:len(cands[choice])] == cands[choice]
+
+
+def test_full_ranking_mode_is_refused_with_the_protocol_to_use(tiny_data_path, tiny_llm_path, in_tmp):
+    with pytest.raises(ProtocolError, match="uni19"):
+        run("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path,
+                                            eval_args={"mode": "full"}))
+
+
+def test_missing_item_text_is_an_error_or_an_explicit_id_fallback(tmp_path, tiny_llm_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    root = write_tiny_dataset(tmp_path / "data", name="notext", with_titles=False)
+    base = tiny(data_path=str(root), llm_path=tiny_llm_path, load_col={"inter": ["user_id", "item_id", "timestamp"]})
+    with pytest.raises(prompts.ItemTextError, match="item_text_fallback_to_id"):
+        run("R2Rec", "notext", overrides=base)
+    config = build_config("R2Rec", "notext", overrides={**base, "item_text_fallback_to_id": True})
+    train = prepare_data(config, create_dataset(config))[0]
+    model = R2Rec(config, train._dataset)
+    assert model.titles[1].startswith("item i")
+
+
+def test_unknown_stage_is_a_config_error():
+    assert parse_stages("none") == [] and parse_stages("sft,rl") == ["sft", "rl"]
+    with pytest.raises(ConfigError, match="unknown stage"):
+        parse_stages("sft,dpo")
+
+
+def test_zero_shot_run_reports_valid_ratio(tiny_data_path, tiny_llm_path, in_tmp):
+    result = run("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path,
+                                                 stages="none", eval_users=6, max_new_tokens=6))
+    test = result["test_result"]
+    assert 0.0 <= test["valid_ratio"] <= 1.0 and "hit@1" in test and "mrr@10" in test
+    assert result["eval_users"]["test"] == 6
+
+
+def test_constrained_answers_are_always_valid(tiny_data_path, tiny_llm_path, in_tmp):
+    result = run("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path,
+                                                 eval_users=6, generate_thoughts=False, constrained_answer=True))
+    assert result["test_result"]["valid_ratio"] == 1.0
+
+
+def test_default_llm_end_to_end_on_a_few_ml100k_users(in_tmp):
+    """The real embedded SmolLM2-135M on 3 users (slow: converts the GGUF once, then ~1 min)."""
+    result = run("R2Rec", "ml-100k", overrides={"eval_users": 3, "max_new_tokens": 12, "state": "WARNING",
+                                                "show_progress": False})
+    test = result["test_result"]
+    assert result["eval_users"]["test"] == 3
+    assert set(test) >= {"hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10", "valid_ratio"}
+    assert result["config"]["llm_path"] == "smollm2"
