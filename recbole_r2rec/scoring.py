@@ -98,13 +98,14 @@ def score_shared(model, prefixes: list, candidates: list, pad_id: int) -> list:
 
 @torch.no_grad()
 def score_naive(model, prefix: list, candidates: list) -> list:
-    """Reference scorer: one full forward of prompt + candidate per candidate (for tests and benchmarks)."""
+    """Reference scorer: one full forward of prompt + candidate per candidate (for tests and
+    benchmarks). Logits only where needed, no cache: the per-candidate method at its best."""
     means = []
     for cand in candidates:
         ids = torch.tensor([prefix + cand], device=model.device)
-        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-        positions = torch.arange(len(prefix) - 1, len(prefix) + len(cand) - 1, device=model.device)
-        lp = logprobs[positions, torch.tensor(cand, device=model.device)]
+        logits = model(input_ids=ids, use_cache=False, logits_to_keep=len(cand) + 1).logits[0, :-1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        lp = logprobs.gather(-1, torch.tensor(cand, device=model.device)[:, None])
         means.append(float(lp.mean()))
     return means
 
