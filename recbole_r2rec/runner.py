@@ -78,7 +78,6 @@ def run(model: str = DEFAULT_MODEL, dataset: str = "ml-100k", config_files=(), o
             phase: loader.digest() for phase, loader in (("valid", valid_data), ("test", test_data))
             if isinstance(loader, FixedCandidateEvalDataLoader)
         },
-        "extra": getattr(trainer, "extra_results", {}),
         "timings_s": timings,
         "config": config_as_dict(config),
     }

@@ -29,7 +29,6 @@ class R2RecTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.stages = parse_stages(config["stages"])
-        self.extra_results = {}
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.stages:
@@ -45,6 +44,6 @@ class R2RecTrainer(Trainer):
         self.model.answers = []
         result = super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
         answers = self.model.answers
-        if result is not None and answers and self.model.generate_thoughts | self.model.constrained_answer:
+        if result is not None and answers and (self.model.generate_thoughts or self.model.constrained_answer):
             result["valid_ratio"] = sum(a["answer_item"] is not None for a in answers) / len(answers)
         return result
