@@ -74,6 +74,17 @@ def isolated_config_construction():
             os.environ["CUDA_VISIBLE_DEVICES"] = saved_cuda
 
 
+def disable_import_time_anomaly_detection() -> None:
+    """`recbole/model/sequential_recommender/sine.py` calls `torch.autograd.set_detect_anomaly(True)`
+    at import, and importing any RecBole sequential model imports it: every backward pass of every model
+    then records stack traces (SASRec on ml-100k: ~100 s an epoch instead of a few). Import it now and
+    switch anomaly detection back off."""
+    import torch
+    import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py's module-level call)
+
+    torch.autograd.set_detect_anomaly(False)
+
+
 def quiet_known_warnings() -> None:
     """RecBole 1.2.1 triggers pandas 2.x and torch deprecation warnings on every run (chained
     `fillna(inplace=True)`, `torch.cuda.amp.GradScaler`); they are harmless with the pinned versions
@@ -91,4 +102,5 @@ def apply() -> None:
     restore_numpy_aliases()
     quiet_known_warnings()
     trust_recbole_checkpoints()
+    disable_import_time_anomaly_detection()
     _APPLIED = True

@@ -52,3 +52,11 @@ def test_apply_is_idempotent():
     assert isinstance(recbole_trainer.torch, compat._TrustedCheckpointTorch)
     assert not isinstance(recbole_trainer.torch._torch, compat._TrustedCheckpointTorch)
 
+
+
+def test_recbole_sequential_import_leaves_anomaly_detection_off():
+    from recbole_r2rec.registry import get_model
+
+    get_model("SINE")  # the module that switches anomaly detection on at import
+    get_model("SASRec")
+    assert not torch.is_anomaly_enabled()
