@@ -77,7 +77,7 @@ def isolated_config_construction():
 def disable_import_time_anomaly_detection() -> None:
     """`recbole/model/sequential_recommender/sine.py` calls `torch.autograd.set_detect_anomaly(True)`
     at import, and importing any RecBole sequential model imports it: every backward pass of every model
-    then records stack traces (SASRec on ml-100k: ~100 s an epoch instead of a few). Import it now and
+    then records stack traces (SASRec on ml-100k here: 4.1 s a training step instead of 2.1). Import it now and
     switch anomaly detection back off."""
     import torch
     import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py's module-level call)

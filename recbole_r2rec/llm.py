@@ -127,3 +127,13 @@ def load_backbone(llm_path=None, dtype="auto", device=None):
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules="all-linear"):
+    """Wrap the backbone with a fresh LoRA adapter (peft): only the adapter trains, and checkpoints
+    hold the adapter alone, never the base weights."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)

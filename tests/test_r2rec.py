@@ -199,3 +199,24 @@ def test_default_llm_end_to_end_on_a_few_ml100k_users(in_tmp):
     assert result["eval_users"]["test"] == 3
     assert set(test) >= {"hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10", "valid_ratio"}
     assert result["config"]["llm_path"] == "smollm2"
+
+
+def test_lora_trains_only_the_adapter_and_saves_it_alone(tiny_llm_path, tmp_path):
+    from recbole_r2rec.llm import add_lora
+
+    model, tok = load_backbone(tiny_llm_path, dtype="float32", device="cpu")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    peft_model = add_lora(model, r=4, alpha=8)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    ids = torch.tensor([tok("red star moon <answer> sun </answer>")["input_ids"]])
+    loss = peft_model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=1.0).step()
+    after = peft_model.get_base_model().state_dict()
+    for key, value in base.items():  # base weights frozen (wrapped layers keep them in base_layer)
+        wrapped = key.replace(".weight", ".base_layer.weight")
+        assert torch.equal(value, after[wrapped if wrapped in after else key]), key
+    peft_model.save_pretrained(tmp_path / "adapter")
+    saved = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
