@@ -1,0 +1,139 @@
+"""Interaction chains over the *training* user-item graph (r2rec.md, "Interaction chains").
+
+For a training example (user u0, history H, next item t), a closed chain is
+
+    u0 -> i0 -> u1 -> t            (i0 in H; u1 != u0 interacted with both i0 and t)
+    u0 -> i0 -> u1 -> i1 -> u2 -> t (optional longer chain)
+
+It closes back on u0 through the target (the closure constraint). u1 is preferred from the paper's pool
+U_cand(u0) = users sharing at least `min_shared` (2) items with u0 (not counting the target, which every
+closing user shares), weighted by how many they share;
+a user with no such neighbour falls back to any user who chose both i0 and t. The graph holds training
+interactions only, and a user's own valid/test items never appear in that user's chains.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class Chain:
+    user: int
+    target: int
+    items: tuple  # i0 (, i1): the items the chain passes through, in order
+    neighbours: tuple  # u1 (, u2)
+    shared: tuple = field(default=())  # items u0 and u1 both chose (evidence for the similarity thought)
+
+    @property
+    def hops(self) -> int:
+        return len(self.neighbours)
+
+
+class InteractionGraph:
+    """Users x items of the training split, indexed once (sparse), with co-interaction counts."""
+
+    def __init__(self, user_items: dict, n_users: int, n_items: int, held_out: dict | None = None):
+        rows = [u for u, items in user_items.items() for _ in items]
+        cols = [i for items in user_items.values() for i in items]
+        self.matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(n_users, n_items))
+        self.by_item = self.matrix.T.tocsr()
+        self.co = (self.matrix @ self.matrix.T).tocsr()  # co[u, v] = items u and v share
+        self.held_out = held_out or {}
+
+    @classmethod
+    def from_splits(cls, train_dataset, eval_datasets=()):
+        """From RecBole's built splits: every item of a user's training rows (histories and targets);
+        the items of `eval_datasets` (valid, test) are remembered per user as held out."""
+        uid, iid = train_dataset.uid_field, train_dataset.iid_field
+        inter = train_dataset.inter_feat
+        user_items: dict = {}
+        users = inter[uid].tolist()
+        targets = inter[iid].tolist()
+        seq_field = iid + train_dataset.config["LIST_SUFFIX"]
+        histories = inter[seq_field].tolist() if seq_field in inter.interaction else [[]] * len(users)
+        for u, t, h in zip(users, targets, histories):
+            items = user_items.setdefault(u, set())
+            items.add(t)
+            items.update(i for i in h if i)
+        held_out: dict = {}
+        for ds in eval_datasets:
+            for u, i in zip(ds.inter_feat[uid].tolist(), ds.inter_feat[iid].tolist()):
+                held_out.setdefault(u, set()).add(i)
+        for u, items in held_out.items():  # an eval item is never a training interaction of that user
+            user_items.get(u, set()).difference_update(items)
+        return cls(user_items, train_dataset.user_num, train_dataset.item_num, held_out)
+
+    def items_of(self, user: int) -> np.ndarray:
+        return self.matrix.indices[self.matrix.indptr[user]:self.matrix.indptr[user + 1]]
+
+    def users_of(self, item: int) -> np.ndarray:
+        return self.by_item.indices[self.by_item.indptr[item]:self.by_item.indptr[item + 1]]
+
+    def shared_count(self, user: int, others: np.ndarray) -> np.ndarray:
+        return np.asarray(self.co[user, others].todense()).ravel() if len(others) else np.zeros(0)
+
+
+class ChainSampler:
+    """Samples closed chains for training examples, reproducibly from a seed."""
+
+    def __init__(self, graph: InteractionGraph, seed: int, chains_per_example: int = 2, min_shared: int = 2,
+                 long_chains: bool = False):
+        self.graph = graph
+        self.seed = seed
+        self.chains_per_example = chains_per_example
+        self.min_shared = min_shared
+        self.long_chains = long_chains
+
+    def rng(self, user: int, target: int) -> np.random.Generator:
+        return np.random.default_rng([int(self.seed), int(user), int(target)])
+
+    def sample(self, user: int, history, target: int) -> list:
+        """Up to `chains_per_example` distinct chains for (user, history, target); [] if none closes."""
+        g = self.graph
+        banned = g.held_out.get(user, set())
+        if target in banned:
+            return []
+        history = np.array([i for i in history if i and i not in banned], dtype=np.int64)
+        rng = self.rng(user, target)
+        closers = g.users_of(target)
+        closers = closers[closers != user]
+        if len(closers) == 0 or len(history) == 0:
+            return []
+        # a closing neighbour must share at least one history item with u0 (that item is i0)
+        closers = closers[np.asarray(g.matrix[closers][:, history].sum(axis=1)).ravel() > 0]
+        if len(closers) == 0:
+            return []
+        # similarity = items shared with u0 besides the target itself (which every closer shares)
+        strength = g.shared_count(user, closers) - int(target in set(g.items_of(user).tolist()))
+        pool = strength >= self.min_shared
+        if pool.any():  # the paper's U_cand; else fall back to every closing user
+            closers, strength = closers[pool], strength[pool]
+        k = min(self.chains_per_example, len(closers))
+        chosen = rng.choice(closers, size=k, replace=False, p=strength / strength.sum())
+        chains = []
+        for u1 in chosen.tolist():
+            own = g.items_of(u1)
+            via = np.intersect1d(own, history)
+            i0 = int(rng.choice(via))
+            shared = tuple(int(i) for i in via if i != i0)
+            chain = Chain(user, int(target), (i0,), (u1,), shared)
+            if self.long_chains:
+                chain = self._extend(chain, own, history, banned, rng) or chain
+            chains.append(chain)
+        return chains
+
+    def _extend(self, chain: Chain, own_u1, history, banned, rng):
+        """u0 -> i0 -> u1 -> i1 -> u2 -> t: i1 is an item of u1 outside H, u2 chose i1 and t."""
+        g = self.graph
+        closers = set(g.users_of(chain.target).tolist()) - {chain.user, chain.neighbours[0]}
+        options = [int(i) for i in own_u1 if i not in banned and i != chain.target and i not in set(history.tolist())]
+        rng.shuffle(options)
+        for i1 in options[:50]:
+            u2s = sorted(closers & set(g.users_of(i1).tolist()))
+            if u2s:
+                u2 = int(rng.choice(u2s))
+                return Chain(chain.user, chain.target, chain.items + (i1,), chain.neighbours + (u2,), chain.shared)
+        return None

@@ -1,0 +1,89 @@
+"""Chain sampler on a hand-made graph: closure, no held-out item, neighbour pool, determinism."""
+import numpy as np
+
+from recbole_r2rec.chains import ChainSampler, InteractionGraph
+
+# users 1..5, items 1..9. u1 is the example user: history [1, 2, 3], target 4.
+TRAIN = {
+    1: {1, 2, 3, 4},
+    2: {1, 2, 4, 7},     # shares 1,2 (and the target) with u1: in the pool
+    3: {3, 4, 8},        # shares only 3 with u1: a fallback neighbour
+    4: {5, 6, 4},        # chose the target but nothing of u1's history: cannot close
+    5: {7, 4, 9},        # for long chains: reaches t from u2's item 7
+}
+HELD_OUT = {1: {8, 9}}   # u1's valid/test items
+
+
+def graph():
+    return InteractionGraph(TRAIN, n_users=6, n_items=10, held_out=HELD_OUT)
+
+
+def test_chains_close_on_the_target_through_a_real_neighbour():
+    sampler = ChainSampler(graph(), seed=0, chains_per_example=3)
+    chains = sampler.sample(1, [1, 2, 3], 4)
+    assert chains
+    for c in chains:
+        i0, u1 = c.items[0], c.neighbours[0]
+        assert c.target == 4 and c.user == 1 and u1 != 1
+        assert i0 in {1, 2, 3} and i0 in TRAIN[u1] and 4 in TRAIN[u1]
+    # the pool (>= 2 shared items) is preferred over the fallback neighbour
+    assert {c.neighbours[0] for c in chains} == {2}
+
+
+def test_fallback_when_no_neighbour_shares_two_items():
+    g = InteractionGraph({1: {3, 4}, 3: {3, 4, 8}}, n_users=4, n_items=10)
+    (chain,) = ChainSampler(g, seed=0).sample(1, [3], 4)
+    assert chain.neighbours == (3,) and chain.items == (3,)
+    assert ChainSampler(g, seed=0).sample(1, [5], 4) == []  # nothing closes: no chain, no crash
+
+
+def test_held_out_items_never_appear():
+    sampler = ChainSampler(graph(), seed=0, chains_per_example=5, long_chains=True)
+    for target in (4, 8, 9):
+        for c in sampler.sample(1, [1, 2, 3, 8], target):
+            assert not set(c.items + c.shared + (c.target,)) & HELD_OUT[1]
+    assert sampler.sample(1, [1, 2, 3], 8) == []  # a held-out target is never a training example
+
+
+def test_long_chains_pass_through_a_second_neighbour():
+    sampler = ChainSampler(graph(), seed=0, chains_per_example=1, long_chains=True)
+    (c,) = sampler.sample(1, [1, 2, 3], 4)
+    assert c.hops == 2
+    i1, u2 = c.items[1], c.neighbours[1]
+    assert i1 in TRAIN[c.neighbours[0]] and i1 not in {1, 2, 3}
+    assert i1 in TRAIN[u2] and 4 in TRAIN[u2] and u2 not in (1, c.neighbours[0])
+
+
+def test_same_seed_same_chains_other_seed_may_differ():
+    a = ChainSampler(graph(), seed=1, chains_per_example=2).sample(1, [1, 2, 3], 4)
+    b = ChainSampler(graph(), seed=1, chains_per_example=2).sample(1, [1, 2, 3], 4)
+    assert a == b
+    picks = {ChainSampler(graph(), seed=s).sample(1, [1, 2, 3], 4)[0].items for s in range(20)}
+    assert len(picks) > 1  # i0 varies with the seed (1 or 2 are both shared with u2)
+
+
+def test_graph_from_recbole_splits_holds_training_interactions_only(tiny_data_path, in_tmp):
+    from recbole.data import create_dataset
+
+    from conftest import tiny
+    from recbole_r2rec.config import build_config
+    from recbole_r2rec.protocol import prepare_data
+
+    config = build_config("SASRec", "tiny", overrides=tiny(data_path=tiny_data_path))
+    train, valid, test = prepare_data(config, create_dataset(config))
+    g = InteractionGraph.from_splits(train._dataset, [valid._dataset, test._dataset])
+    for ds in (valid._dataset, test._dataset):
+        for u, i in zip(ds.inter_feat["user_id"].tolist(), ds.inter_feat["item_id"].tolist()):
+            assert i not in set(g.items_of(u).tolist())
+            assert i in g.held_out[u]
+    sampler = ChainSampler(g, seed=0, chains_per_example=3, long_chains=True)
+    inter = train._dataset.inter_feat
+    closed = 0
+    for row in range(len(inter)):
+        u, t = int(inter["user_id"][row]), int(inter["item_id"][row])
+        history = inter["item_id_list"][row][: int(inter["item_length"][row])].tolist()
+        for c in sampler.sample(u, history, t):
+            closed += 1
+            assert t in g.items_of(c.neighbours[-1]) and c.items[0] in history
+            assert not set(c.items) & g.held_out.get(u, set())
+    assert closed > 0
