@@ -1,0 +1,95 @@
+"""Interaction-of-thought traces with progressive masked prompting (r2rec.md).
+
+Each hop of a chain becomes one grounded thought (real titles and attributes; a neighbour is described
+by what it chose, never named), ending in exactly one answer, in the format of `prompts`:
+`<think>1. ... 2. ...</think>\\n<answer>TITLE</answer>`.
+
+Levels hide more and more of the chain in the prompt, so the model learns to produce it itself:
+  0: the whole chain is shown as evidence, only its final item is masked; the thoughts resolve it;
+  1: the neighbour's hop is masked as well; the thoughts supply it;
+  2: no evidence at all: exactly the inference prompt of `R2Rec.prompt_text`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from recbole_r2rec import prompts
+from recbole_r2rec.chains import Chain
+
+MASK = "[MASK]"
+LEVELS = (0, 1, 2)
+
+
+@dataclass
+class Trace:
+    user: int
+    level: int
+    prompt: str  # the user turn (before the chat template)
+    thoughts: str
+    answer: str
+    target: int
+    candidates: list
+    chain_items: list
+    chain_users: list
+
+    @property
+    def completion(self) -> str:
+        return prompts.completion(self.thoughts, self.answer)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "completion": self.completion}
+
+
+def chain_thoughts(chain: Chain, title, describe) -> list:
+    """One thought per hop of the chain, grounded in the real items."""
+    i0, t = chain.items[0], chain.target
+    also = [title(i) for i in chain.shared[:2]]
+    steps = [
+        f"The user recently chose {describe(i0)}, which says something about their taste.",
+        f"Another user who also chose {title(i0)}" + (f" and {' and '.join(also)}" if also else "")
+        + " has a similar taste.",
+    ]
+    if chain.hops == 2:
+        i1 = chain.items[1]
+        steps.append(f"That user also chose {describe(i1)}, and a third user who chose {title(i1)} shares that taste.")
+    steps.append(f"That user went on to choose {describe(t)}.")
+    steps.append(f"{title(t)} is among the candidates and fits the user's pattern, so I recommend it.")
+    return [f"{k}. {s}" for k, s in enumerate(steps, 1)]
+
+
+def evidence(chain: Chain, level: int, title) -> str:
+    """The chain as shown in the prompt at `level` (masked from the end); empty at level 2."""
+    if level >= 2:
+        return ""
+    i0 = title(chain.items[0])
+    if level == 1:
+        return f"Evidence from other users: someone who chose {i0} then chose {MASK}; {MASK} is the item to find."
+    hop = f"another user who chose {i0}"
+    if chain.hops == 2:
+        hop += f" also chose {title(chain.items[1])}; a user who chose that too"
+    return f"Evidence from other users: {hop} then chose {MASK}. Work out {MASK} from the candidates."
+
+
+def build_trace(chain: Chain, level: int, history: list, shown: list, title, describe,
+                candidate_text) -> Trace:
+    """The SFT example for one chain at one level. `shown` are candidate item ids in display order;
+    the chain's target must be among them."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level}")
+    if chain.target not in shown:
+        raise ValueError("the chain's target is not among the candidates")
+    message = prompts.user_message([describe(i) for i in history], [candidate_text(i) for i in shown],
+                                   evidence(chain, level, title))
+    return Trace(
+        user=chain.user, level=level, prompt=message, thoughts=" ".join(chain_thoughts(chain, title, describe)),
+        answer=title(chain.target), target=chain.target, candidates=list(shown),
+        chain_items=list(chain.items), chain_users=[chain.user, *chain.neighbours],
+    )
+
+
+def well_formed(trace: Trace, candidate_titles: list) -> bool:
+    """A trace parses back to exactly its target among its candidates, with thoughts."""
+    thoughts, answer = prompts.split_completion(trace.completion)
+    choice = prompts.parse_answer(trace.completion, candidate_titles)
+    return bool(thoughts) and answer == trace.answer and choice is not None and \
+        trace.candidates[choice] == trace.target
