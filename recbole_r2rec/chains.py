@@ -44,9 +44,9 @@ class InteractionGraph:
         self.held_out = held_out or {}
 
     @classmethod
-    def from_splits(cls, train_dataset, eval_datasets=()):
-        """From RecBole's built splits: every item of a user's training rows (histories and targets);
-        the items of `eval_datasets` (valid, test) are remembered per user as held out."""
+    def from_training(cls, train_dataset, seen: dict | None = None):
+        """From RecBole's training split: every item of a user's training rows (histories and targets).
+        `seen` (user -> all items in any split, see `protocol.seen_items`) marks the rest as held out."""
         uid, iid = train_dataset.uid_field, train_dataset.iid_field
         inter = train_dataset.inter_feat
         user_items: dict = {}
@@ -58,12 +58,7 @@ class InteractionGraph:
             items = user_items.setdefault(u, set())
             items.add(t)
             items.update(i for i in h if i)
-        held_out: dict = {}
-        for ds in eval_datasets:
-            for u, i in zip(ds.inter_feat[uid].tolist(), ds.inter_feat[iid].tolist()):
-                held_out.setdefault(u, set()).add(i)
-        for u, items in held_out.items():  # an eval item is never a training interaction of that user
-            user_items.get(u, set()).difference_update(items)
+        held_out = {u: items - user_items.get(u, set()) for u, items in (seen or {}).items()}
         return cls(user_items, train_dataset.user_num, train_dataset.item_num, held_out)
 
     def items_of(self, user: int) -> np.ndarray:

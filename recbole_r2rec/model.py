@@ -52,9 +52,12 @@ class R2Rec(SequentialRecommender):
     def describe(self, item: int) -> str:
         return prompts.describe(self.titles[item], self.attributes[item])
 
+    def candidate_text(self, item: int) -> str:
+        return self.describe(item) if self.candidate_attributes else self.titles[item]
+
     def prompt_text(self, history: list, shown: list, context: str = "") -> str:
-        candidates = [self.describe(i) if self.candidate_attributes else self.titles[i] for i in shown]
-        message = prompts.user_message([self.describe(i) for i in history], candidates, context)
+        message = prompts.user_message([self.describe(i) for i in history], [self.candidate_text(i) for i in shown],
+                                       context)
         return prompts.chat_prompt(self.tokenizer, message)
 
     def encode(self, text: str) -> list:

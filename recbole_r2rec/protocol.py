@@ -157,6 +157,7 @@ def prepare_data(config, dataset):
     train_data = get_dataloader(config, "train")(
         config, train_dataset, train_sampler, shuffle=config["shuffle"]
     )
+    train_data.seen_items = seen  # what R2Rec's training stages must never show as a negative
     loaders = [train_data]
     for phase, split, sampler in (("valid", valid_dataset, valid_sampler), ("test", test_dataset, test_sampler)):
         split = sample_eval_users(config, split)

@@ -5,10 +5,15 @@ generated answers that name exactly one candidate, is added next to Hit@1.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_r2rec.chains import InteractionGraph
 from recbole_r2rec.config import ConfigError
+from recbole_r2rec.stages import build_traces, run_sft
 
 KNOWN_STAGES = ("sft", "rl")
 
@@ -31,13 +36,36 @@ class R2RecTrainer(Trainer):
         self.stages = parse_stages(config["stages"])
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        if self.stages:
-            raise ConfigError(f"training stages {self.stages} are not available yet; use --stages=none")
-        self.logger.info(set_color("R2Rec: no training stage (zero-shot backbone)", "green"))
-        if not self.config["eval_valid_untrained"]:
-            return None, {}
-        result = self.evaluate(valid_data, show_progress=show_progress)
+        """Run the configured stages in order, each followed by validation through RecBole's evaluator."""
+        graph = None
+        if self.stages or self.config["export_traces"]:
+            graph = InteractionGraph.from_training(train_data._dataset, getattr(train_data, "seen_items", None))
+        if self.config["export_traces"]:
+            self.export_traces(build_traces(self.model, train_data._dataset, graph, self.config))
+        if not self.stages:
+            self.logger.info(set_color("R2Rec: no training stage (zero-shot backbone)", "green"))
+            if not self.config["eval_valid_untrained"]:
+                return None, {}
+        result = {}
+        for stage in self.stages:
+            if stage == "sft":
+                run_sft(self.model, train_data._dataset, graph, self.config)
+            else:
+                raise ConfigError(f"the '{stage}' stage is not implemented yet; use --stages=sft or none")
+            result = self.evaluate(valid_data, show_progress=show_progress)
+            self.logger.info(set_color(f"valid after {stage}", "blue") + f": {result}")
+        if not self.stages:
+            result = self.evaluate(valid_data, show_progress=show_progress)
         return result.get(self.valid_metric), result
+
+    def export_traces(self, traces) -> None:
+        """--export_traces=PATH: the SFT traces as JSONL, for people to read what the model is taught."""
+        path = Path(self.config["export_traces"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for trace in traces:
+                f.write(json.dumps(trace.to_json()) + "\n")
+        self.logger.info(f"{len(traces)} traces written to {path}")
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         # The stages keep the selected weights in memory; there is no RecBole checkpoint to reload.

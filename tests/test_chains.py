@@ -71,7 +71,7 @@ def test_graph_from_recbole_splits_holds_training_interactions_only(tiny_data_pa
 
     config = build_config("SASRec", "tiny", overrides=tiny(data_path=tiny_data_path))
     train, valid, test = prepare_data(config, create_dataset(config))
-    g = InteractionGraph.from_splits(train._dataset, [valid._dataset, test._dataset])
+    g = InteractionGraph.from_training(train._dataset, train.seen_items)
     for ds in (valid._dataset, test._dataset):
         for u, i in zip(ds.inter_feat["user_id"].tolist(), ds.inter_feat["item_id"].tolist()):
             assert i not in set(g.items_of(u).tolist())

@@ -220,3 +220,39 @@ def test_lora_trains_only_the_adapter_and_saves_it_alone(tiny_llm_path, tmp_path
     peft_model.save_pretrained(tmp_path / "adapter")
     saved = {p.name for p in (tmp_path / "adapter").iterdir()}
     assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
+
+
+def test_export_traces_without_training_and_no_held_out_item_in_them(tiny_data_path, tiny_llm_path, in_tmp):
+    import json
+
+    path = in_tmp / "traces.jsonl"
+    result = run("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path, stages="none",
+                                                 export_traces=str(path), eval_users=2, generate_thoughts=False))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows and {r["level"] for r in rows} == {0, 1, 2}
+    config = build_config("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path))
+    train, valid, test = prepare_data(config, create_dataset(config))
+    held = {}
+    for ds in (valid._dataset, test._dataset):
+        for u, i in zip(ds.inter_feat["user_id"].tolist(), ds.inter_feat["item_id"].tolist()):
+            held.setdefault(u, set()).add(i)
+    for r in rows:
+        assert r["target"] in r["candidates"] and r["completion"].endswith(f"<answer>{r['answer']}</answer>")
+        assert not (set(r["candidates"]) | set(r["chain_items"])) & held[r["user"]]
+    assert result["test_result"]["hit@1"] >= 0
+
+
+def test_sft_stage_trains_a_lora_adapter_resumes_and_is_not_redone(tiny_data_path, tiny_llm_path, in_tmp):
+    overrides = tiny(data_path=tiny_data_path, llm_path=tiny_llm_path, stages="sft", sft_max_steps=3,
+                     sft_batch_size=2, sft_grad_accum=1, sft_save_steps=2, sft_logging_steps=1, eval_users=4,
+                     generate_thoughts=False, sft_max_length=512)
+    first = run("R2Rec", "tiny", overrides=overrides)
+    sft_dir = in_tmp / "saved" / "checkpoints" / "R2Rec-tiny-seed2020" / "sft"
+    assert (sft_dir / "final" / "adapter_model.safetensors").is_file()
+    assert not (sft_dir / "final" / "model.safetensors").exists()  # the adapter, not the base weights
+    assert list(sft_dir.glob("checkpoint-*"))
+    assert "hit@1" in first["best_valid_result"]
+    stamp = (sft_dir / "final" / "adapter_model.safetensors").stat().st_mtime
+    again = run("R2Rec", "tiny", overrides=overrides)  # finished stage: loaded, not redone
+    assert (sft_dir / "final" / "adapter_model.safetensors").stat().st_mtime == stamp
+    assert again["test_result"] == first["test_result"]
