@@ -103,7 +103,6 @@ def test_candidates_are_fixed_distinct_unseen_and_independent_of_global_rng(ml10
 def test_candidate_order_ignores_which_candidate_is_positive():
     items = [17, 3, 99, 42, 5]
     assert list(candidate_order(2020, 7, items)) == list(candidate_order(2020, 7, items[::-1]))
-    assert list(candidate_order(2020, 7, items)) != list(candidate_order(2020, 8, items)) or True
     orders = {tuple(candidate_order(2020, u, items)) for u in range(30)}
     assert len(orders) > 10  # varies across users
 
