@@ -1,5 +1,4 @@
 """Chain sampler on a hand-made graph: closure, no held-out item, neighbour pool, determinism."""
-import numpy as np
 
 from recbole_r2rec.chains import ChainSampler, InteractionGraph
 

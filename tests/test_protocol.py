@@ -12,7 +12,6 @@ from recbole.utils import InputType, ModelType, init_seed
 from conftest import tiny
 from recbole_r2rec.config import build_config
 from recbole_r2rec.protocol import (
-    FixedCandidateEvalDataLoader,
     break_ties,
     candidate_order,
     prepare_data,
@@ -130,7 +129,6 @@ def test_break_ties_hand_example():
 
 def test_same_candidates_and_users_for_every_model(tiny_data_path, in_tmp):
     results = {}
-    seen = {}
     for model in ("GRU4Rec", "BPR"):
         results[model] = run(model, "tiny", overrides=tiny(data_path=tiny_data_path, epochs=2, eval_users=25),
                              result_file=in_tmp / f"{model}.json")
