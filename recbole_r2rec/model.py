@@ -13,7 +13,7 @@ from recbole.utils import InputType
 from recbole_r2rec import prompts
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
-from recbole_r2rec.scoring import constrained_choice, generate, score_shared
+from recbole_r2rec.scoring import constrained_choice, continue_generation, generate, score_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class R2Rec(SequentialRecommender):
             dataset, list(config["item_text_fields"]), config["item_text_fallback_to_id"]
         )
         self.llm, self.tokenizer = load_backbone(config["llm_path"], config["llm_dtype"], config["llm_device"])
+        self._close_head = self.encode(prompts.ANSWER_CLOSE)[:1]
         self.answers = []  # per evaluated user: what the model answered (for ValidRatio, --explain)
 
     # -- text ---------------------------------------------------------------------------------------
@@ -62,6 +63,9 @@ class R2Rec(SequentialRecommender):
 
     def encode(self, text: str) -> list:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, tokens: list) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=False)
 
     # -- RecBole interface ----------------------------------------------------------------------------
     def calculate_loss(self, interaction):
@@ -92,19 +96,30 @@ class R2Rec(SequentialRecommender):
                     scores[r] = item_scores[items[r]]
         return scores.to(self.device)
 
+    def answer_tokens(self, item: int) -> list:
+        """The tokens a candidate is scored on: its title, then the first token of </answer> (so a
+        title that is a prefix of another does not score as the longer one)."""
+        return self.encode(self.titles[item]) + self._close_head
+
     def score_users(self, queries):
         """For a batch of (uid, rows, history, shown): generate thoughts/answers (optionally), score
-        every shown candidate, record the answers. Yields (query, {item: score})."""
+        every shown candidate given prompt + thoughts, record the answers. Yields (query, {item: score})."""
         prompt_ids = [self.encode(self.prompt_text(h, shown)) for _, _, h, shown in queries]
+        cand_ids = [[self.answer_tokens(i) for i in shown] for *_, shown in queries]
         thoughts = [None] * len(queries)
         completions = [""] * len(queries)
         if self.generate_thoughts:
-            completions = generate(self.llm, self.tokenizer, prompt_ids, self.max_new_tokens,
-                                   stop=prompts.ANSWER_CLOSE)
+            gen = generate(self.llm, self.tokenizer, prompt_ids, self.max_new_tokens, stop=prompts.ANSWER_CLOSE,
+                           keep_cache=True)
+            completions = gen.texts
             thoughts = [prompts.split_completion(c)[0] or "" for c in completions]
-        prefixes = [p + self.encode(prompts.answer_prefix(t)) for p, t in zip(prompt_ids, thoughts)]
-        cand_ids = [[self.encode(self.titles[i] + prompts.ANSWER_CLOSE) for i in shown] for *_, shown in queries]
-        results = score_shared(self.llm, prefixes, cand_ids, self.tokenizer.pad_token_id)
+            bridges, visible = continue_generation(gen, self.encode, self.decode,
+                                                   lambda b: prompts.scoring_prefix(completions[b]))
+            results = score_candidates(self.llm, bridges, cand_ids, self.tokenizer.pad_token_id,
+                                       cache=gen.cache, cache_mask=visible)
+        else:
+            prefixes = [p + self.encode(prompts.answer_prefix(None)) for p in prompt_ids]
+            results = score_candidates(self.llm, prefixes, cand_ids, self.tokenizer.pad_token_id)
         for query, completion, thought, cands, res in zip(queries, completions, thoughts, cand_ids, results):
             uid, _, history, shown = query
             if self.constrained_answer:

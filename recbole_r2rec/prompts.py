@@ -114,6 +114,16 @@ def answer_prefix(thoughts: str | None) -> str:
     return f"{THINK_OPEN}{thoughts}{THINK_CLOSE}\n{ANSWER_OPEN}"
 
 
+def scoring_prefix(completion: str) -> str:
+    """What precedes the answer when candidates are scored after a generation: the completion's own
+    text up to the end of its thoughts (verbatim, so its tokens can be reused), then `<answer>`.
+    Thoughts left open are closed; an answer the model already wrote is dropped."""
+    text = completion or ""
+    if THINK_CLOSE in text:
+        return text[: text.index(THINK_CLOSE) + len(THINK_CLOSE)] + "\n" + ANSWER_OPEN
+    return f"{text.split(ANSWER_OPEN)[0].rstrip()}{THINK_CLOSE}\n{ANSWER_OPEN}"
+
+
 _ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)(?:" + re.escape(ANSWER_CLOSE) + r"|$)", re.S)
 
 

@@ -126,10 +126,13 @@ class FixedCandidateEvalDataLoader(NegSampleEvalDataLoader):
         return h.hexdigest()
 
 
-def sample_eval_users(config, dataset):
+def sample_eval_users(config, dataset, phase: str = "test"):
     """`eval_users: N` keeps a seeded sample of N users of this split; the sample depends on the
-    dataset and seed only, so every model, classical or LLM, is evaluated on the same users."""
+    dataset and seed only, so every model, classical or LLM, is evaluated on the same users.
+    `valid_users: N` does the same for validation alone (model selection of slow models)."""
     n = config["eval_users"]
+    if phase == "valid" and config["valid_users"]:
+        n = min(config["valid_users"], n or config["valid_users"])
     if not n:
         return dataset
     users = np.unique(dataset.inter_feat[dataset.uid_field].numpy())
@@ -160,7 +163,7 @@ def prepare_data(config, dataset):
     train_data.seen_items = seen  # what R2Rec's training stages must never show as a negative
     loaders = [train_data]
     for phase, split, sampler in (("valid", valid_dataset, valid_sampler), ("test", test_dataset, test_sampler)):
-        split = sample_eval_users(config, split)
+        split = sample_eval_users(config, split, phase)
         if re.fullmatch(r"(uni|pop)\d+", candidate_mode(config, phase)):
             loaders.append(FixedCandidateEvalDataLoader(config, split, sampler, seen, probs[phase]))
         else:

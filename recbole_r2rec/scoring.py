@@ -1,10 +1,13 @@
 """Candidate scoring with one shared prompt pass per user.
 
-A candidate's score is the length-normalised log-likelihood of its answer text (title + </answer>)
-given the prompt (and the thoughts, when generated). The prompt of each user runs once; its KV cache
-then serves all of that user's candidates in one packed forward, each candidate attending to the
-prompt and to itself only (a tree-shaped 4D mask), with positions continuing the prompt. No forward
-pass per candidate, no copy of the cache per candidate.
+A candidate's score is the length-normalised log-likelihood of its answer tokens (its title, then the
+first token of </answer>, which marks where the title ends) given the prompt and, when generated, the
+thoughts. Everything before the answer runs once per user: either a fresh prompt pass, or the KV cache
+that generation already filled (prompt + thoughts), continued by a short "bridge" (e.g.
+`</think>\\n<answer>`). All of a user's candidates then go through one packed forward against that
+cache, each attending to the shared context and to itself only (a tree-shaped 4D mask), with positions
+continuing the context. No forward pass per candidate, no copy of the cache, and logits only where a
+log-prob is read.
 """
 from __future__ import annotations
 
@@ -22,6 +25,17 @@ class CandidateScores:
     token_logprobs: list
 
 
+@dataclass
+class Generation:
+    """What `generate` leaves behind for scoring: texts, generated token ids and the filled KV cache.
+    cache_mask[b, j] marks the cache slots of row b that hold real tokens (prompt, then generated)."""
+
+    texts: list
+    new_tokens: list  # per row: generated token ids (padding/eos removed)
+    cache: object
+    prompt_mask: torch.Tensor  # [B, W]
+
+
 def _left_pad(seqs, pad_id, device):
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -34,66 +48,113 @@ def _left_pad(seqs, pad_id, device):
 
 
 @torch.no_grad()
-def score_shared(model, prefixes: list, candidates: list, pad_id: int) -> list:
-    """Scores of every candidate of every user, sharing each user's prompt pass.
+def score_candidates(model, bridges: list, candidates: list, pad_id: int, cache=None, cache_mask=None) -> list:
+    """Scores of every candidate of every user in one forward.
 
-    prefixes: per user, the token ids of prompt (+ thoughts) up to the answer.
-    candidates: per user, a list of token-id lists (each candidate's answer text).
+    bridges: per user, the tokens between the cache and the answer (>= 1 each); without a cache, the
+        whole prompt up to the answer.
+    candidates: per user, a list of token-id lists (each candidate's answer tokens).
+    cache, cache_mask: an optional filled KV cache and [B, C] bool of its slots each row may see; the
+        visible slots of a row hold its positions 0..n-1, so the bridge continues at n.
     Returns per user a CandidateScores.
     """
     device = model.device
-    ids, mask = _left_pad(prefixes, pad_id, device)
-    batch, width = ids.shape
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, use_cache=True,
-                logits_to_keep=1)
-    first_logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
-    prefix_len = mask.sum(-1)  # real prompt length per user
+    batch = len(bridges)
+    if any(not b for b in bridges):
+        raise ValueError("every user needs at least one bridge token before its candidates")
+    if cache_mask is None:
+        cache_mask = torch.zeros((batch, 0), dtype=torch.bool)
+    cache_mask = cache_mask.to(device)
+    start_pos = cache_mask.sum(-1)
+    ids, bmask = _left_pad(bridges, pad_id, device)
+    width = ids.shape[1]
+    bridge_pos = start_pos[:, None] + (bmask.long().cumsum(-1) - 1).clamp(min=0)
 
-    # Pack each user's candidates into one block: [c1 tokens, c2 tokens, ...], right-padded.
-    packed = [[t for cand in user for t in cand] for user in candidates]
-    block = max(len(p) for p in packed)
+    # Pack each user's candidates, all but their last token (whose prediction is never read).
+    fed = [[t for cand in user for t in cand[:-1]] for user in candidates]
+    block = max(1, max(len(f) for f in fed))
     cand_ids = torch.full((batch, block), pad_id, dtype=torch.long)
     segment = torch.full((batch, block), -1, dtype=torch.long)  # candidate index of each token
     offset = torch.zeros((batch, block), dtype=torch.long)  # position of the token inside its candidate
+    target = torch.zeros((batch, block), dtype=torch.long)  # the token it predicts
     for b, user in enumerate(candidates):
         start = 0
         for k, cand in enumerate(user):
-            n = len(cand)
-            cand_ids[b, start:start + n] = torch.tensor(cand)
-            segment[b, start:start + n] = k
-            offset[b, start:start + n] = torch.arange(n)
+            n = len(cand) - 1
+            if n > 0:
+                cand_ids[b, start:start + n] = torch.tensor(cand[:-1])
+                target[b, start:start + n] = torch.tensor(cand[1:])
+                segment[b, start:start + n] = k
+                offset[b, start:start + n] = torch.arange(n)
             start += n
-    cand_ids, segment, offset = cand_ids.to(device), segment.to(device), offset.to(device)
+    cand_ids, segment, offset, target = (t.to(device) for t in (cand_ids, segment, offset, target))
+    real_cand = segment >= 0
+    cand_pos = start_pos[:, None] + bmask.sum(-1, keepdim=True) + offset
 
-    # Tree mask: a candidate token sees the real prompt tokens, and earlier tokens of its own candidate.
-    same = segment[:, :, None] == segment[:, None, :]
-    causal = offset[:, :, None] >= offset[:, None, :]
-    own = same & causal & (segment[:, :, None] >= 0)
-    own |= torch.eye(block, dtype=torch.bool, device=device)[None]  # padding rows see themselves
-    sees_prompt = mask[:, None, :].expand(batch, block, width) & (segment[:, :, None] >= 0)
-    tree_mask = torch.cat([sees_prompt, own], dim=-1)[:, None]  # [B, 1, block, width + block]
-    cand_positions = prefix_len[:, None] + offset
-    out = model(input_ids=cand_ids, attention_mask=tree_mask, position_ids=cand_positions,
-                cache=out.cache, use_cache=True)
-    logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # [B, block, V]
+    # Mask over keys [cache | bridge | candidates]: the bridge is causal over itself; a candidate token
+    # sees the whole bridge and earlier tokens of its own candidate; padding rows see themselves only.
+    real = torch.cat([bmask, real_cand], dim=1)  # [B, Q]
+    q = width + block
+    new = torch.zeros((batch, q, q), dtype=torch.bool, device=device)
+    new[:, :width, :width] = torch.ones(width, width, dtype=torch.bool, device=device).tril() & bmask[:, None, :]
+    new[:, width:, :width] = bmask[:, None, :]
+    new[:, width:, width:] = (segment[:, :, None] == segment[:, None, :]) & (offset[:, :, None] >= offset[:, None, :])
+    new &= real[:, :, None]
+    new |= torch.eye(q, dtype=torch.bool, device=device)[None]
+    sees_cache = cache_mask[:, None, :] & real[:, :, None]
+    mask = torch.cat([sees_cache, new], dim=-1)[:, None]  # [B, 1, Q, C + Q]
+
+    keep = torch.arange(width - 1, q, device=device)  # last bridge token, then every candidate token
+    out = model(input_ids=torch.cat([ids, cand_ids], 1), attention_mask=mask,
+                position_ids=torch.cat([bridge_pos, cand_pos], 1), cache=cache, use_cache=cache is not None,
+                logits_to_keep=keep)
+    logits = out.logits.float()
+    norm = torch.logsumexp(logits, dim=-1)  # [B, 1 + block]
+    first = logits[:, 0] - norm[:, :1]  # log-probs of every first token, [B, V]
+    rest = logits[:, 1:].gather(-1, target[..., None]).squeeze(-1) - norm[:, 1:]  # [B, block]
 
     results = []
     for b, user in enumerate(candidates):
         means, per_token = [], []
         start = 0
         for cand in user:
-            n = len(cand)
-            targets = torch.tensor(cand, device=device)
-            lp = torch.empty(n, device=device)
-            lp[0] = first_logprobs[b, targets[0]]
-            if n > 1:
-                lp[1:] = logprobs[b, start:start + n - 1].gather(-1, targets[1:, None]).squeeze(-1)
-            means.append(float(lp.mean()))
-            per_token.append(lp.tolist())
+            n = len(cand) - 1
+            lp = [float(first[b, cand[0]])] + rest[b, start:start + n].tolist()
+            means.append(sum(lp) / len(lp))
+            per_token.append(lp)
             start += n
         results.append(CandidateScores(means, per_token))
     return results
+
+
+def score_shared(model, prefixes: list, candidates: list, pad_id: int) -> list:
+    """Scores given fresh prompts (`prefixes`: per user, the tokens up to the answer)."""
+    return score_candidates(model, prefixes, candidates, pad_id)
+
+
+def continue_generation(gen: Generation, encode, decode, prefix_text) -> tuple:
+    """Turn a `Generation` into (bridges, cache_mask) for `score_candidates`: per row, keep the longest
+    run of generated tokens whose text is a prefix of `prefix_text(row)` (what must precede the answer:
+    the thoughts as the model wrote them, then `</think>\\n<answer>`), and bridge the rest by encoding
+    the missing text. The scored context is then the model's own tokens, not a re-tokenisation."""
+    batch, width = gen.prompt_mask.shape
+    cached = gen.cache.get_seq_length() - width  # generated tokens held in the cache (the last one is not)
+    keep_mask = torch.zeros((batch, max(cached, 0)), dtype=torch.bool)
+    bridges = []
+    for b, tokens in enumerate(gen.new_tokens):
+        target = prefix_text(b)
+        k = 0
+        while k < len(tokens) and target.startswith(decode(tokens[:k + 1])):
+            k += 1
+        rest = encode(target[len(decode(tokens[:k])):]) if k else encode(target)
+        in_cache = min(k, cached)
+        bridge = tokens[in_cache:k] + rest
+        if not bridge:  # the generation reproduced the whole prefix: feed its last token again
+            in_cache -= 1
+            bridge = tokens[in_cache:k]
+        keep_mask[b, :in_cache] = True
+        bridges.append(bridge)
+    return bridges, torch.cat([gen.prompt_mask.cpu(), keep_mask], dim=1)
 
 
 @torch.no_grad()
@@ -141,15 +202,22 @@ class StopOnText(StoppingCriteria):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list, max_new_tokens: int, stop: str | None = None) -> list:
+def generate(model, tokenizer, prompts: list, max_new_tokens: int, stop: str | None = None,
+             keep_cache: bool = False):
     """Greedy completions of a batch of prompt token lists (left-padded), decoded to text and cut
-    just after `stop`."""
+    just after `stop`. With keep_cache, returns a `Generation` (texts, tokens and the filled KV cache)
+    so that scoring can continue from it instead of re-reading the prompt."""
     ids, mask = _left_pad(prompts, tokenizer.pad_token_id, model.device)
     criteria = StoppingCriteriaList([StopOnText(tokenizer, stop, ids.shape[1])] if stop else [])
     out = model.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria)
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria,
+                         return_dict_in_generate=True)
+    new = out.sequences[:, ids.shape[1]:].tolist()
+    ends = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
+    tokens = [row[:next((j for j, t in enumerate(row) if t in ends), len(row))] for row in new]
     # Keep added tokens such as <think> (a tokenizer may mark them special); drop only padding/eos.
-    texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=False)
-    for marker in {tokenizer.pad_token, tokenizer.eos_token} - {None}:
-        texts = [t.replace(marker, "") for t in texts]
-    return [t[: t.index(stop) + len(stop)] if stop and stop in t else t for t in texts]
+    texts = tokenizer.batch_decode(tokens, skip_special_tokens=False)
+    texts = [t[: t.index(stop) + len(stop)] if stop and stop in t else t for t in texts]
+    if keep_cache:
+        return Generation(texts, tokens, out.cache, mask)
+    return texts

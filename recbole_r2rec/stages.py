@@ -64,6 +64,11 @@ def build_traces(model, train_dataset, graph: InteractionGraph, config) -> list:
             else:
                 dropped += 1
     logger.info(f"SFT traces: {len(traces)} kept, {dropped} malformed dropped")
+    cap = config["sft_max_traces"]
+    if cap and len(traces) > cap:
+        keep = np.random.default_rng([int(config["seed"]), 17]).choice(len(traces), size=int(cap), replace=False)
+        traces = [traces[i] for i in sorted(keep)]
+        logger.info(f"SFT traces: a seeded sample of {cap} (sft_max_traces)")
     return traces
 
 

@@ -41,19 +41,17 @@ class Trace:
 
 
 def chain_thoughts(chain: Chain, title, describe) -> list:
-    """One thought per hop of the chain, grounded in the real items."""
+    """One short thought per hop of the chain, grounded in the real items (the user's item with its
+    attributes; a neighbour described by what it chose, never named). Short on purpose: at inference
+    the model writes them token by token before every answer."""
     i0, t = chain.items[0], chain.target
-    also = [title(i) for i in chain.shared[:2]]
-    steps = [
-        f"The user recently chose {describe(i0)}, which says something about their taste.",
-        f"Another user who also chose {title(i0)}" + (f" and {' and '.join(also)}" if also else "")
-        + " has a similar taste.",
-    ]
+    neighbour = f"Another user who also chose {title(i0)}" + (f" and {title(chain.shared[0])}" if chain.shared else "")
+    steps = [f"The user chose {describe(i0)}."]
     if chain.hops == 2:
         i1 = chain.items[1]
-        steps.append(f"That user also chose {describe(i1)}, and a third user who chose {title(i1)} shares that taste.")
-    steps.append(f"That user went on to choose {describe(t)}.")
-    steps.append(f"{title(t)} is among the candidates and fits the user's pattern, so I recommend it.")
+        steps += [f"{neighbour} chose {title(i1)}.", f"A user who chose {title(i1)} too went on to {title(t)}."]
+    else:
+        steps.append(f"{neighbour} went on to {title(t)}.")
     return [f"{k}. {s}" for k, s in enumerate(steps, 1)]
 
 

@@ -13,7 +13,8 @@ from recbole_r2rec.model import R2Rec
 from recbole_r2rec.protocol import ProtocolError, candidate_order, prepare_data
 from recbole_r2rec.registry import get_trainer
 from recbole_r2rec.runner import run
-from recbole_r2rec.scoring import constrained_choice, score_naive, score_shared
+from recbole_r2rec.scoring import (constrained_choice, continue_generation, generate, score_candidates, score_naive,
+                                   score_shared)
 from recbole_r2rec.trainer import parse_stages
 
 
@@ -53,6 +54,33 @@ def test_shared_prefix_scores_equal_naive_per_candidate_scores(tiny_llm_path):
         assert len(s.token_logprobs) == len(c)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scoring_from_the_generation_cache_equals_scoring_the_text_afresh(tiny_llm_path, seed):
+    """Thoughts are generated once; candidates are scored against that cache (prompt + the model's own
+    thought tokens + a bridge), which must equal a fresh forward over the same tokens, for rows of
+    different lengths, stopped or truncated, with or without </think>."""
+    model, tok = load_backbone(tiny_llm_path, dtype="float32", device="cpu")
+    torch.manual_seed(seed)
+    with torch.no_grad():  # a random tiny model rarely writes tags: make it like them
+        emb = model.get_input_embeddings().weight
+        for tag in ("</think>", "<answer>", "</answer>", "red"):
+            emb[tok.convert_tokens_to_ids(tag)] += 0.5 * seed * torch.randn(emb.shape[1])
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    dec = lambda t: tok.decode(t, skip_special_tokens=False)  # noqa: E731
+    prompts_ids = [enc("the user chose red star moon"), enc("sun river <think>"), enc("king queen war love city road")]
+    cands = [[enc(t) + enc("</answer>")[:1] for t in titles]
+             for titles in (["red star 1", "moon", "ice"], ["sun river", "night"], ["day", "game 2", "love city"])]
+    gen = generate(model, tok, prompts_ids, max_new_tokens=6 + seed, stop="</answer>", keep_cache=True)
+    bridges, visible = continue_generation(gen, enc, dec, lambda b: prompts.scoring_prefix(gen.texts[b]))
+    cached = score_candidates(model, bridges, cands, tok.pad_token_id, cache=gen.cache, cache_mask=visible)
+    for b, p in enumerate(prompts_ids):
+        kept = int(visible[b].sum()) - len(p)
+        context = p + gen.new_tokens[b][:kept] + bridges[b]
+        squeeze = lambda s: "".join(s.split())  # noqa: E731  (the word-level tokenizer drops whitespace)
+        assert squeeze(dec(context[len(p):])) == squeeze(prompts.scoring_prefix(gen.texts[b]))
+        np.testing.assert_allclose(cached[b].mean, score_naive(model, context, cands[b]), atol=1e-4)
+
+
 def test_scores_follow_recbole_row_order(tiny_r2rec):
     config, model, test = tiny_r2rec
     interaction = test.collate_fn(np.arange(4))[0]
@@ -66,7 +94,7 @@ def test_scores_follow_recbole_row_order(tiny_r2rec):
     row = [r for r in range(len(interaction)) if int(interaction["item_id"][r]) == item
            and int(interaction["user_id"][r]) == answer["user"]][0]
     prefix = model.encode(model.prompt_text(answer["history"], answer["candidates"]) + prompts.answer_prefix(None))
-    naive = score_naive(model.llm, prefix, [model.encode(model.titles[item] + prompts.ANSWER_CLOSE)])[0]
+    naive = score_naive(model.llm, prefix, [model.answer_tokens(item)])[0]
     assert abs(float(scores[row]) - naive) < 1e-4
 
 

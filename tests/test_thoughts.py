@@ -38,7 +38,8 @@ def test_levels_mask_exactly_what_they_should():
 
 def test_thoughts_are_grounded_one_per_hop_and_end_in_the_answer():
     t = trace(2)
-    assert t.thoughts.count(". ") >= 4 and t.thoughts.startswith("1. The user recently chose Alien (Sci-Fi)")
+    assert t.thoughts == ("1. The user chose Alien (Sci-Fi). "
+                          "2. Another user who also chose Alien and Toy Story went on to Aliens.")
     assert "Toy Story" in t.thoughts  # the shared item is evidence of similar taste
     assert t.answer == "Aliens" and t.completion.endswith("<answer>Aliens</answer>")
     assert "12" not in t.thoughts  # users are never named
