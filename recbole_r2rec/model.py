@@ -101,6 +101,21 @@ class R2Rec(SequentialRecommender):
         title that is a prefix of another does not score as the longer one)."""
         return self.encode(self.titles[item]) + self._close_head
 
+    @torch.no_grad()
+    def score_texts(self, prompt_texts: list, completions: list, titles: list) -> list:
+        """Per (prompt, completion): the scores of its candidate titles given prompt + the completion's
+        thoughts (the RL stage's rank reward). Runs the LLM in eval mode, then restores its mode."""
+        training = self.llm.training
+        self.llm.eval()
+        scores = []
+        for s in range(0, len(prompt_texts), self.score_batch_users):
+            chunk = range(s, min(s + self.score_batch_users, len(prompt_texts)))
+            prefixes = [self.encode(prompt_texts[i] + prompts.scoring_prefix(completions[i])) for i in chunk]
+            cands = [[self.encode(t) + self._close_head for t in titles[i]] for i in chunk]
+            scores += [r.mean for r in score_candidates(self.llm, prefixes, cands, self.tokenizer.pad_token_id)]
+        self.llm.train(training)
+        return scores
+
     def score_users(self, queries):
         """For a batch of (uid, rows, history, shown): generate thoughts/answers (optionally), score
         every shown candidate given prompt + thoughts, record the answers. Yields (query, {item: score})."""

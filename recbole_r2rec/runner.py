@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import time
 from pathlib import Path
@@ -79,15 +80,31 @@ def run(model: str = DEFAULT_MODEL, dataset: str = "ml-100k", config_files=(), o
             if isinstance(loader, FixedCandidateEvalDataLoader)
         },
         "timings_s": timings,
+        "peak_memory_mb": peak_memory_mb(),
         "config": config_as_dict(config),
     }
+    if getattr(trainer, "stage_results", None):
+        result["stages"] = trainer.stage_results
     path = Path(result_file) if result_file else default_result_file(model, dataset, config["seed"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    if int(os.environ.get("RANK", 0)) == 0:  # under `accelerate launch`, one process writes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
     logger.info(f"valid: {result['best_valid_result']}")
     logger.info(f"test: {result['test_result']}")
     logger.info(f"result written to {path}")
     return result
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (and, on GPUs, peak allocated device memory) in MiB."""
+    import resource
+
+    import torch
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if torch.cuda.is_available():
+        peak += torch.cuda.max_memory_allocated() / 2**20
+    return round(peak, 1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,9 +33,23 @@ def training_rows(train_dataset, per_user: int):
     return [r for rows in rows_of.values() for r in rows[-per_user:]]
 
 
+def uniform_item_probs(train_dataset) -> np.ndarray:
+    probs = np.ones(train_dataset.item_num)
+    probs[0] = 0
+    return probs / probs.sum()
+
+
+def training_candidates(config, graph: InteractionGraph, probs, user: int, target: int, k: int) -> list:
+    """Candidates of training prompt k: the target + `sft_negatives` items the user never interacted
+    with (in any split), in a seeded order that does not depend on where the target is."""
+    rng = np.random.default_rng([int(config["seed"]), user, target, k])
+    seen = set(graph.items_of(user).tolist()) | graph.held_out.get(user, set()) | {target}
+    negatives = draw_negatives(rng, seen, config["sft_negatives"], probs)
+    return [int(i) for i in candidate_order(config["seed"], user * 1_000_003 + k, [target, *negatives])]
+
+
 def build_traces(model, train_dataset, graph: InteractionGraph, config) -> list:
-    """SFT traces for the training rows: chains -> traces at the configured levels, well-formed only.
-    Candidates: the target + 19 items the user never interacted with (in any split), seeded order."""
+    """SFT traces for the training rows: chains -> traces at the configured levels, well-formed only."""
     sampler = ChainSampler(graph, config["seed"], config["chains_per_example"], config["min_shared_items"],
                            config["long_chains"])
     levels = [int(level) for level in config["sft_levels"]]
@@ -43,19 +57,13 @@ def build_traces(model, train_dataset, graph: InteractionGraph, config) -> list:
         raise ValueError(f"sft_levels must be a non-empty list drawn from {LEVELS}")
     inter = train_dataset.inter_feat
     iid, seq, length = model.ITEM_ID, model.ITEM_SEQ, model.ITEM_SEQ_LEN
-    probs = np.ones(train_dataset.item_num)
-    probs[0] = 0
-    probs /= probs.sum()
-    n_neg = config["sft_negatives"]
+    probs = uniform_item_probs(train_dataset)
     traces, dropped, k = [], 0, 0
     for row in training_rows(train_dataset, config["sft_examples_per_user"]):
         user, target = int(inter[model.USER_ID][row]), int(inter[iid][row])
         history = prompts.history_ids(inter[seq][row].numpy(), int(inter[length][row]), model.history_len)
         for chain in sampler.sample(user, history, target):
-            rng = np.random.default_rng([int(config["seed"]), user, target, k])
-            seen = set(graph.items_of(user).tolist()) | graph.held_out.get(user, set()) | {target}
-            negatives = draw_negatives(rng, seen, n_neg, probs)
-            shown = [int(i) for i in candidate_order(config["seed"], user * 1_000_003 + k, [target, *negatives])]
+            shown = training_candidates(config, graph, probs, user, target, k)
             trace = build_trace(chain, levels[k % len(levels)], history, shown, model.titles.__getitem__,
                                 model.describe, model.candidate_text)
             k += 1
@@ -83,41 +91,141 @@ def sft_dataset(model, traces):
     ])
 
 
+def _common_args(model, config, out: Path, prefix: str) -> dict:
+    """TrainingArguments shared by the SFT and RL stages (`<prefix>_*` keys of R2Rec.yaml)."""
+    import torch
+
+    on_cpu = model.llm.device.type == "cpu"
+    return dict(
+        output_dir=str(out), num_train_epochs=config[f"{prefix}_epochs"],
+        max_steps=config[f"{prefix}_max_steps"] or -1, per_device_train_batch_size=config[f"{prefix}_batch_size"],
+        gradient_accumulation_steps=config[f"{prefix}_grad_accum"], learning_rate=config[f"{prefix}_learning_rate"],
+        lr_scheduler_type="cosine", warmup_steps=config[f"{prefix}_warmup_steps"],
+        logging_steps=config[f"{prefix}_logging_steps"], save_steps=config[f"{prefix}_save_steps"],
+        save_total_limit=2, report_to=["tensorboard"], seed=config["seed"],
+        bf16=next(model.llm.parameters()).dtype == torch.bfloat16 and not on_cpu, fp16=False, use_cpu=on_cpu,
+        dataloader_num_workers=0, disable_tqdm=False,
+        # trl turns checkpointing on by default; on a CPU with memory to spare it only costs time (~25%)
+        gradient_checkpointing=config[f"{prefix}_gradient_checkpointing"],
+    )
+
+
+def load_finished_stage(model, config, stage: str) -> bool:
+    """A finished stage is loaded, not redone: its `final/` adapter replaces the current one."""
+    from peft import PeftModel
+
+    final = stage_dir(config, stage) / "final"
+    if not (final / "adapter_config.json").is_file():
+        return False
+    logger.info(f"{stage.upper()} already finished: loading the adapter from {final}")
+    if isinstance(model.llm, PeftModel):
+        model.llm = model.llm.unload()  # drop the previous adapter, keep the base weights untouched
+    model.llm = PeftModel.from_pretrained(model.llm, final, is_trainable=False)
+    model.llm.eval()
+    return True
+
+
+def _train(trainer, model, out: Path) -> None:
+    """Train (resuming from the last checkpoint if any), save the final adapter from one process."""
+    resume = any(out.glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(out / "final", selected_adapters=["default"])
+    model.llm = trainer.model
+    model.llm.eval()
+
+
 def run_sft(model, train_dataset, graph, config) -> None:
     """Fine-tune `model.llm` with a LoRA adapter on chain traces (trl SFTTrainer); resumable."""
-    import torch
-    from peft import PeftModel
     from trl import SFTConfig, SFTTrainer
 
     from recbole_r2rec.llm import add_lora
 
-    out = stage_dir(config, "sft")
-    final = out / "final"
-    if (final / "adapter_config.json").is_file():
-        logger.info(f"SFT already finished: loading the adapter from {final}")
-        model.llm = PeftModel.from_pretrained(model.llm, final, is_trainable=False)
-        model.llm.eval()
+    if load_finished_stage(model, config, "sft"):
         return
+    out = stage_dir(config, "sft")
     traces = build_traces(model, train_dataset, graph, config)
     if not traces:
         raise ValueError("no SFT trace could be built: no training example has a closing chain")
     model.llm = add_lora(model.llm, config["lora_r"], config["lora_alpha"], config["lora_dropout"])
-    on_cpu = model.llm.device.type == "cpu"
-    args = SFTConfig(
-        output_dir=str(out), num_train_epochs=config["sft_epochs"], max_steps=config["sft_max_steps"] or -1,
-        per_device_train_batch_size=config["sft_batch_size"],
-        gradient_accumulation_steps=config["sft_grad_accum"], learning_rate=config["sft_learning_rate"],
-        lr_scheduler_type="cosine", warmup_steps=config["sft_warmup_steps"], max_length=config["sft_max_length"],
-        logging_steps=config["sft_logging_steps"], save_steps=config["sft_save_steps"], save_total_limit=2,
-        report_to=["tensorboard"], seed=config["seed"],
-        bf16=next(model.llm.parameters()).dtype == torch.bfloat16 and not on_cpu, fp16=False, use_cpu=on_cpu,
-        completion_only_loss=True, dataloader_num_workers=0, disable_tqdm=False,
-    )
+    args = SFTConfig(**_common_args(model, config, out, "sft"), max_length=config["sft_max_length"],
+                     completion_only_loss=True)
     trainer = SFTTrainer(model=model.llm, args=args, train_dataset=sft_dataset(model, traces),
                          processing_class=model.tokenizer)
-    resume = any(out.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(final)
-    model.llm = trainer.model
-    model.llm.eval()
+    _train(trainer, model, out)
+
+
+def rl_dataset(model, train_dataset, graph, config):
+    """Level-2 prompts (the inference prompt) of a seeded sample of training examples, with the
+    columns the rewards read: `candidates` (titles in the order shown) and `target` (the true title)."""
+    from datasets import Dataset
+
+    inter = train_dataset.inter_feat
+    rows = training_rows(train_dataset, 1)
+    n = config["rl_prompts"]
+    if n and n < len(rows):
+        rows = sorted(np.random.default_rng([int(config["seed"]), 19]).choice(rows, size=int(n), replace=False))
+    probs = uniform_item_probs(train_dataset)
+    data = []
+    for k, row in enumerate(rows):
+        user, target = int(inter[model.USER_ID][row]), int(inter[model.ITEM_ID][row])
+        history = prompts.history_ids(inter[model.ITEM_SEQ][row].numpy(), int(inter[model.ITEM_SEQ_LEN][row]),
+                                      model.history_len)
+        shown = training_candidates(config, graph, probs, user, target, 10_000_000 + k)
+        data.append({"prompt": model.prompt_text(history, shown), "candidates": [model.titles[i] for i in shown],
+                     "target": model.titles[target]})
+    return Dataset.from_list(data)
+
+
+def reward_functions(model, config) -> tuple:
+    """(functions, weights) from `rl_reward_weights`; zero-weight rewards are not computed."""
+    from recbole_r2rec.rewards import REWARDS, RankReward
+
+    weights = dict(config["rl_reward_weights"])
+    unknown = set(weights) - set(REWARDS) - {"rank"}
+    if unknown:
+        raise ValueError(f"unknown reward(s) {sorted(unknown)} in rl_reward_weights; known: "
+                         f"{sorted(REWARDS) + ['rank']}")
+    funcs, used = [], []
+    for name, weight in weights.items():
+        if float(weight) == 0:
+            continue
+        funcs.append(RankReward(model.score_texts) if name == "rank" else REWARDS[name])
+        used.append(float(weight))
+    if not funcs:
+        raise ValueError("rl_reward_weights gives every reward weight 0: nothing to learn from")
+    return funcs, used
+
+
+def run_rl(model, train_dataset, graph, config) -> None:
+    """GRPO (trl) from the SFT adapter: sampled completions of level-2 training prompts, rewarded by
+    `rl_reward_weights`, KL to the SFT policy (`rl_beta`; trl keeps a frozen copy of the SFT adapter
+    as the reference). Resumable; a finished stage is loaded."""
+    from peft import PeftModel
+    from trl import GRPOConfig, GRPOTrainer
+
+    from recbole_r2rec.config import ConfigError
+
+    if load_finished_stage(model, config, "rl"):
+        return
+    if not isinstance(model.llm, PeftModel):
+        sft_final = stage_dir(config, "sft") / "final"
+        if not (sft_final / "adapter_config.json").is_file():
+            raise ConfigError(f"the rl stage starts from the SFT adapter, and there is none at {sft_final}: "
+                              "run --stages=sft,rl (or --stages=sft first)")
+        model.llm = PeftModel.from_pretrained(model.llm, sft_final, is_trainable=True)
+    for name, param in model.llm.named_parameters():
+        param.requires_grad = "lora_" in name
+    out = stage_dir(config, "rl")
+    funcs, weights = reward_functions(model, config)
+    args = GRPOConfig(
+        **_common_args(model, config, out, "rl"), num_generations=config["rl_num_generations"],
+        max_completion_length=config["max_new_tokens"], temperature=config["rl_temperature"],
+        beta=config["rl_beta"], reward_weights=weights, use_vllm=config["rl_use_vllm"],
+    )
+    trainer = GRPOTrainer(model=model.llm, reward_funcs=funcs, args=args,
+                          train_dataset=rl_dataset(model, train_dataset, graph, config),
+                          processing_class=model.tokenizer)
+    _train(trainer, model, out)
+    if "ref" in getattr(model.llm, "peft_config", {}):
+        model.llm.delete_adapter("ref")

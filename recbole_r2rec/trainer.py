@@ -13,7 +13,7 @@ from recbole.utils import set_color
 
 from recbole_r2rec.chains import InteractionGraph
 from recbole_r2rec.config import ConfigError
-from recbole_r2rec.stages import build_traces, run_sft
+from recbole_r2rec.stages import build_traces, load_finished_stage, run_rl, run_sft
 
 KNOWN_STAGES = ("sft", "rl")
 
@@ -30,13 +30,21 @@ def parse_stages(value) -> list:
     return names
 
 
+def _adapter_state(llm) -> dict:
+    """A copy of the active LoRA adapter's weights (to restore the SFT model if RL does not help)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(llm).items()}
+
+
 class R2RecTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.stages = parse_stages(config["stages"])
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        """Run the configured stages in order, each followed by validation through RecBole's evaluator."""
+        """Run the configured stages in order, each followed by validation through RecBole's evaluator.
+        After RL, the model kept is the better of SFT and SFT+RL on validation (`stage_results`)."""
         graph = None
         if self.stages or self.config["export_traces"]:
             graph = InteractionGraph.from_training(train_data._dataset, getattr(train_data, "seen_items", None))
@@ -46,17 +54,42 @@ class R2RecTrainer(Trainer):
             self.logger.info(set_color("R2Rec: no training stage (zero-shot backbone)", "green"))
             if not self.config["eval_valid_untrained"]:
                 return None, {}
+            result = self.evaluate(valid_data, show_progress=show_progress)
+            return result.get(self.valid_metric), result
+        self.stage_results = {}
         result = {}
         for stage in self.stages:
             if stage == "sft":
                 run_sft(self.model, train_data._dataset, graph, self.config)
             else:
-                raise ConfigError(f"the '{stage}' stage is not implemented yet; use --stages=sft or none")
-            result = self.evaluate(valid_data, show_progress=show_progress)
-            self.logger.info(set_color(f"valid after {stage}", "blue") + f": {result}")
-        if not self.stages:
-            result = self.evaluate(valid_data, show_progress=show_progress)
+                before = self.stage_results.get("sft")
+                if before is None:  # --stages=rl: validate the saved SFT model first, for the selection
+                    if not load_finished_stage(self.model, self.config, "sft"):
+                        raise ConfigError("--stages=rl starts from a finished SFT stage, and none was found under "
+                                          f"{self.config['checkpoint_dir']}: run --stages=sft,rl")
+                    before = self._validate("sft", valid_data, show_progress)
+                sft_adapter = _adapter_state(self.model.llm)
+                run_rl(self.model, train_data._dataset, graph, self.config)
+            result = self._validate(stage, valid_data, show_progress)
+            if stage == "rl":
+                if result.get(self.valid_metric, 0) < before.get(self.valid_metric, 0):
+                    from peft import set_peft_model_state_dict
+
+                    set_peft_model_state_dict(self.model.llm, sft_adapter)
+                    result = before
+                    self.stage_results["selected"] = "sft"
+                else:
+                    self.stage_results["selected"] = "rl"
+                self.logger.info(set_color("selected on validation", "green") + f": {self.stage_results['selected']} "
+                                 f"({self.valid_metric} sft {before.get(self.valid_metric)} vs rl "
+                                 f"{self.stage_results['rl'].get(self.valid_metric)})")
         return result.get(self.valid_metric), result
+
+    def _validate(self, stage: str, valid_data, show_progress) -> dict:
+        result = self.evaluate(valid_data, show_progress=show_progress)
+        self.stage_results[stage] = result
+        self.logger.info(set_color(f"valid after {stage}", "blue") + f": {result}")
+        return result
 
     def export_traces(self, traces) -> None:
         """--export_traces=PATH: the SFT traces as JSONL, for people to read what the model is taught."""
