@@ -187,11 +187,18 @@ class FairEvaluationMixin:
 
     def evaluate(self, eval_data, *args, **kwargs):
         self._tie_rng = np.random.default_rng([int(self.config["seed"]), 11])
+        self.user_ranks = {}  # user id -> rank of its positive among its candidates (paired tests)
         return super().evaluate(eval_data, *args, **kwargs)
 
     def _neg_sample_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._neg_sample_batch_eval(batched_data)
         if self.config["eval_type"] == EvaluatorType.RANKING:
+            row_idx = batched_data[1].to(scores.device)
             col_idx = interaction[self.config["ITEM_ID_FIELD"]].to(scores.device)
-            break_ties(scores, batched_data[1].to(scores.device), col_idx, self._tie_rng)
+            break_ties(scores, row_idx, col_idx, self._tie_rng)
+            user_of_row = torch.full((scores.shape[0],), -1, dtype=torch.long, device=scores.device)
+            user_of_row[row_idx] = interaction[self.config["USER_ID_FIELD"]].to(scores.device)
+            pos = scores[positive_u, positive_i]
+            ranks = (scores[positive_u] > pos[:, None]).sum(1) + 1
+            self.user_ranks.update(zip(user_of_row[positive_u].tolist(), ranks.tolist()))
         return interaction, scores, positive_u, positive_i

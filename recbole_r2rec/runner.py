@@ -83,6 +83,8 @@ def run(model: str = DEFAULT_MODEL, dataset: str = "ml-100k", config_files=(), o
         "peak_memory_mb": peak_memory_mb(),
         "config": config_as_dict(config),
     }
+    if getattr(trainer, "user_ranks", None):  # per-user outcomes, for paired significance tests
+        result["test_user_ranks"] = {str(u): int(r) for u, r in sorted(trainer.user_ranks.items())}
     if getattr(trainer, "stage_results", None):
         result["stages"] = trainer.stage_results
     path = Path(result_file) if result_file else default_result_file(model, dataset, config["seed"])
@@ -123,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config_files", default="", help="extra YAML files, comma or space separated")
     parser.add_argument("--result_file", default=None,
                         help=f"result JSON path (default: {DEFAULT_RESULT_DIR}/<model>-<dataset>-seed<seed>.json)")
+    board = parser.add_argument_group(
+        "leaderboard", "Run a grid of models x datasets x seeds, one process and one result JSON per cell; a "
+        "rerun skips finished cells; other --key=value overrides apply to every cell (e.g. --eval_users=200, "
+        "the same users for every model). Rows may be variants from properties/leaderboard.yaml "
+        "(R2Rec-zs, R2Rec-sft, R2Rec).")
+    board.add_argument("--leaderboard", action="store_true", help="run the grid, then write the report")
+    board.add_argument("--models", default="SASRec,GRU4Rec,Caser,BERT4Rec,BPR,LightGCN,R2Rec-zs,R2Rec-sft,R2Rec",
+                       help="comma-separated rows (default: %(default)s)")
+    board.add_argument("--datasets", default="ml-100k,lastfm,steam", help="(default: %(default)s)")
+    board.add_argument("--seeds", default="2020,2021,2022", help="(default: %(default)s)")
+    board.add_argument("--leaderboard_dir", default="saved/leaderboard",
+                       help="cells/ and the report go here (default: %(default)s)")
+    board.add_argument("--report_only", action="store_true", help="only aggregate the finished cells")
     return parser
 
 
@@ -144,8 +159,26 @@ def parse_overrides(tokens) -> dict:
     return overrides
 
 
+def run_leaderboard(args, rest) -> dict:
+    from recbole_r2rec import leaderboard
+
+    split = lambda text: [s for s in text.replace(" ", "").split(",") if s]  # noqa: E731
+    rows, datasets, seeds = split(args.models), split(args.datasets), [int(s) for s in split(args.seeds)]
+    folder = Path(args.leaderboard_dir)
+    parse_overrides(rest)  # malformed overrides fail here, before any cell runs
+    if not args.report_only:
+        status = leaderboard.run_grid(rows, datasets, seeds, folder, rest)
+        logging.getLogger().info(json.dumps(status, indent=1))
+    out = leaderboard.report(folder, rows, datasets, seeds)
+    print((folder / "leaderboard.md").read_text())
+    return out
+
+
 def main(argv=None) -> dict:
     args, rest = build_parser().parse_known_args(argv)
+    if args.leaderboard or args.report_only:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        return run_leaderboard(args, rest)
     overrides = parse_overrides(rest)
     files = [f for f in args.config_files.replace(",", " ").split() if f]
     return run(args.model, args.dataset, files, overrides, args.result_file)

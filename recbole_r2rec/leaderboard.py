@@ -1,0 +1,260 @@
+"""Leaderboard: a grid of models x datasets x seeds under the shared protocol, resumable, aggregated.
+
+Each cell is one `run_recbole_r2rec.py` process writing its own result JSON under `<dir>/cells/`;
+a rerun skips cells whose JSON exists, so an interrupted grid resumes, and a failing cell is recorded
+(`<cell>.error.txt`) and reported without stopping the others. Cells are independent: on several
+machines, run disjoint `--models/--datasets/--seeds` into the same folder (or copy the JSONs
+together) and run `--leaderboard --report_only` once to merge them.
+
+Outputs: leaderboard.md (per dataset: mean ± std over seeds, best per column in bold, ValidRatio for LLM
+rows, time and peak memory, gains of R2Rec with a paired McNemar test over users), leaderboard.csv and
+leaderboard.json (long format: model, dataset, seed, metric, value) and hit1.png.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy.stats import binomtest
+
+from recbole_r2rec.config import PROJECT_ROOT
+
+logger = logging.getLogger(__name__)
+
+METRICS = ["hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10"]
+LLM_MODELS = {"R2Rec"}
+
+
+def variants() -> dict:
+    """Leaderboard row name -> (RecBole model, overrides), from properties/leaderboard.yaml. Rows
+    not listed there are model names run with their own defaults."""
+    path = PROJECT_ROOT / "properties" / "leaderboard.yaml"
+    data = yaml.safe_load(path.read_text()) or {}
+    return {name: (spec.pop("model"), spec) for name, spec in (data.get("variants") or {}).items()}
+
+
+@dataclass(frozen=True)
+class Cell:
+    row: str  # leaderboard row (a model or a variant such as R2Rec-sft)
+    dataset: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.row}-{self.dataset}-seed{self.seed}"
+
+
+def cell_command(cell: Cell, result_file: Path, overrides: list) -> list:
+    model, extra = variants().get(cell.row, (cell.row, {}))
+    args = [f"--{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in extra.items()]
+    return [sys.executable, str(PROJECT_ROOT / "run_recbole_r2rec.py"), f"--model={model}",
+            f"--dataset={cell.dataset}", f"--seed={cell.seed}", f"--result_file={result_file}",
+            *args, *overrides]
+
+
+def run_cell(cell: Cell, folder: Path, overrides: list) -> None:
+    """One cell in its own process (isolated memory and state; its peak memory is its own)."""
+    result = folder / "cells" / f"{cell.name}.json"
+    error = result.with_suffix(".error.txt")
+    proc = subprocess.run(cell_command(cell, result, overrides), capture_output=True, text=True)
+    if proc.returncode != 0 or not result.is_file():
+        error.write_text(proc.stderr[-20000:] or proc.stdout[-20000:] or f"exit code {proc.returncode}")
+        raise RuntimeError(f"exit code {proc.returncode}")
+    error.unlink(missing_ok=True)
+
+
+def run_grid(rows: list, datasets: list, seeds: list, folder: Path, overrides: list = (), runner=run_cell) -> dict:
+    """Run every unfinished cell (in order: dataset, seed, row); returns {cell name: status}."""
+    (folder / "cells").mkdir(parents=True, exist_ok=True)
+    status = {}
+    for dataset in datasets:
+        for seed in seeds:
+            for row in rows:
+                cell = Cell(row, dataset, int(seed))
+                if (folder / "cells" / f"{cell.name}.json").is_file():
+                    status[cell.name] = "done (skipped)"
+                    continue
+                logger.info(f"leaderboard cell {cell.name}")
+                try:
+                    runner(cell, folder, list(overrides))
+                    status[cell.name] = "ran"
+                except Exception as err:  # a failing cell must not stop the grid
+                    error = folder / "cells" / f"{cell.name}.error.txt"
+                    if not error.is_file():
+                        error.write_text(repr(err))
+                    status[cell.name] = f"failed: {err}"
+                    logger.warning(f"cell {cell.name} failed: {err} (details in cells/{cell.name}.error.txt)")
+    return status
+
+
+# -- aggregation -------------------------------------------------------------------------------------
+def load_cells(folder: Path, rows=None, datasets=None, seeds=None) -> tuple:
+    """(results, failures): result dicts tagged with their row, and the names of failed cells."""
+    results, failures = [], []
+    for path in sorted((folder / "cells").glob("*.json")):
+        data = json.loads(path.read_text())
+        data["row"] = path.stem.rsplit("-seed", 1)[0][: -len(data["dataset"]) - 1]
+        if _wanted(data["row"], data["dataset"], data["seed"], rows, datasets, seeds):
+            results.append(data)
+    for path in sorted((folder / "cells").glob("*.error.txt")):
+        stem = path.name[: -len(".error.txt")]
+        if not (folder / "cells" / f"{stem}.json").is_file():
+            failures.append(stem)
+    return results, failures
+
+
+def _wanted(row, dataset, seed, rows, datasets, seeds) -> bool:
+    return (rows is None or row in rows) and (datasets is None or dataset in datasets) and \
+        (seeds is None or int(seed) in [int(s) for s in seeds])
+
+
+def long_table(results: list) -> pd.DataFrame:
+    """One row per model x dataset x seed x metric (test metrics, ValidRatio, time, memory)."""
+    records = []
+    for r in results:
+        values = dict(r["test_result"])
+        values["time_s"] = r.get("timings_s", {}).get("total")
+        values["peak_memory_mb"] = r.get("peak_memory_mb")
+        for metric, value in values.items():
+            if value is not None:
+                records.append({"model": r["row"], "dataset": r["dataset"], "seed": int(r["seed"]),
+                                "metric": metric, "value": float(value)})
+    return pd.DataFrame.from_records(records, columns=["model", "dataset", "seed", "metric", "value"])
+
+
+def summary(long: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (sample, ddof=1; 0 with one seed) and seed count per model x dataset x metric."""
+    grouped = long.groupby(["dataset", "model", "metric"])["value"]
+    out = grouped.agg(["mean", "std", "count"]).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def mcnemar(hits_a: list, hits_b: list) -> dict:
+    """Exact McNemar test on paired binary outcomes (per-user Hit@1 of two models on the same
+    candidates): a two-sided binomial test on the discordant pairs."""
+    a, b = np.asarray(hits_a, bool), np.asarray(hits_b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"only_a": only_a, "only_b": only_b, "pairs": len(a), "p_value": float(p)}
+
+
+def paired_hits(results: list, row_a: str, row_b: str, dataset: str) -> tuple:
+    """Per-user Hit@1 of two rows on one dataset, paired by (seed, user) where both have the user."""
+    ranks = {}
+    for r in results:
+        if r["dataset"] == dataset and r["row"] in (row_a, row_b) and "test_user_ranks" in r:
+            for user, rank in r["test_user_ranks"].items():
+                ranks.setdefault((r["seed"], user), {})[r["row"]] = rank
+    pairs = [v for v in ranks.values() if row_a in v and row_b in v]
+    return [v[row_a] == 1 for v in pairs], [v[row_b] == 1 for v in pairs]
+
+
+def comparisons(results: list, summ: pd.DataFrame, dataset: str, llm_row: str = "R2Rec",
+                zero_shot_row: str = "R2Rec-zs") -> list:
+    """Relative Hit@1 gain of `llm_row` over the best classical row and over the zero-shot row, each
+    with the paired McNemar test."""
+    hit = summ[(summ.dataset == dataset) & (summ.metric == "hit@1")].set_index("model")["mean"]
+    if llm_row not in hit:
+        return []
+    classical = [m for m in hit.index if m.split("-")[0] not in LLM_MODELS]
+    out = []
+    for label, other in (("best classical", max(classical, key=hit.get) if classical else None),
+                         ("zero-shot LLM", zero_shot_row if zero_shot_row in hit else None)):
+        if other is None:
+            continue
+        a, b = paired_hits(results, llm_row, other, dataset)
+        gain = (hit[llm_row] - hit[other]) / hit[other] if hit[other] else float("inf")
+        out.append({"dataset": dataset, "row": llm_row, "versus": label, "other": other,
+                    "hit@1": float(hit[llm_row]), "other_hit@1": float(hit[other]), "relative_gain": float(gain),
+                    **({"test": mcnemar(a, b)} if a else {})})
+    return out
+
+
+# -- outputs ------------------------------------------------------------------------------------------
+def _fmt(mean, std, count, digits=4) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if count > 1 else f"{mean:.{digits}f}"
+
+
+def markdown(results: list, summ: pd.DataFrame, failures: list, comps: list) -> str:
+    lines = ["# Leaderboard", "",
+             "Test metrics, mean ± sample std over seeds (n = seeds), under the shared protocol "
+             "(leave-one-out by time, 1 positive + 19 uniform negatives, identical for every model). "
+             "**Bold**: best per column. Time: wall seconds per cell; memory: peak MiB per cell.", ""]
+    for dataset in sorted(summ.dataset.unique()):
+        part = summ[summ.dataset == dataset]
+        users = sorted({json.dumps(r.get("eval_users", {}).get("test")) for r in results if r["dataset"] == dataset})
+        seeds = sorted({int(r["seed"]) for r in results if r["dataset"] == dataset})
+        lines += [f"## {dataset}", "", f"Test users per seed: {', '.join(users)}; seeds: {seeds}.", ""]
+        metrics = [m for m in METRICS + ["valid_ratio", "time_s", "peak_memory_mb"] if m in set(part.metric)]
+        table = []
+        for model in sorted(part.model.unique(), key=lambda m: (m.split("-")[0] in LLM_MODELS, m)):
+            row = {"model": model, "seeds": int(part[(part.model == model) & (part.metric == "hit@1")]["count"].max())}
+            for metric in metrics:
+                cell = part[(part.model == model) & (part.metric == metric)]
+                if cell.empty:
+                    row[metric] = ""
+                    continue
+                mean, std, count = cell.iloc[0][["mean", "std", "count"]]
+                digits = 0 if metric in ("time_s", "peak_memory_mb") else 4
+                text = _fmt(mean, std, count, digits)
+                best = part[part.metric == metric]["mean"].max()
+                row[metric] = f"**{text}**" if metric in METRICS and mean == best else text
+            table.append(row)
+        lines += [pd.DataFrame(table).to_markdown(index=False), ""]
+        for c in (c for c in comps if c["dataset"] == dataset):
+            test = c.get("test")
+            sig = (f"; McNemar over {test['pairs']} paired users: {test['only_a']} hit only by {c['row']}, "
+                   f"{test['only_b']} only by {c['other']}, p = {test['p_value']:.3g}") if test else ""
+            lines.append(f"- {c['row']} vs {c['versus']} ({c['other']}): Hit@1 {c['hit@1']:.4f} vs "
+                         f"{c['other_hit@1']:.4f}, relative gain {c['relative_gain']:+.1%}{sig}")
+        lines.append("")
+    if failures:
+        lines += ["## Failed cells", "", *[f"- {name} (see cells/{name}.error.txt)" for name in failures], ""]
+    return "\n".join(lines)
+
+
+def chart(summ: pd.DataFrame, path: Path) -> None:
+    """Hit@1 per model per dataset, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hit = summ[summ.metric == "hit@1"]
+    datasets, models = sorted(hit.dataset.unique()), sorted(hit.model.unique())
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(models) * len(datasets) / 2), 4))
+    width = 0.8 / max(1, len(models))
+    for k, model in enumerate(models):
+        part = hit[hit.model == model].set_index("dataset").reindex(datasets)
+        ax.bar(np.arange(len(datasets)) + k * width, part["mean"], width, yerr=part["std"], capsize=3, label=model)
+    ax.set_xticks(np.arange(len(datasets)) + width * (len(models) - 1) / 2, datasets)
+    ax.set_ylabel("test Hit@1")
+    ax.axhline(0.05, color="grey", linestyle=":", linewidth=1, label="chance (1/20)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(folder: Path, rows=None, datasets=None, seeds=None) -> dict:
+    """Aggregate the cells in `folder` into leaderboard.md/.csv/.json and hit1.png."""
+    results, failures = load_cells(folder, rows, datasets, seeds)
+    if not results:
+        raise FileNotFoundError(f"no finished cell under {folder / 'cells'}")
+    long = long_table(results)
+    summ = summary(long)
+    comps = [c for d in sorted(summ.dataset.unique()) for c in comparisons(results, summ, d)]
+    long.to_csv(folder / "leaderboard.csv", index=False)
+    (folder / "leaderboard.json").write_text(json.dumps(
+        {"rows": long.to_dict(orient="records"), "comparisons": comps, "failed_cells": failures}, indent=1))
+    (folder / "leaderboard.md").write_text(markdown(results, summ, failures, comps))
+    chart(summ, folder / "hit1.png")
+    return {"summary": summ, "comparisons": comps, "failures": failures}

@@ -1,0 +1,113 @@
+"""Leaderboard: aggregation against hand-computed values, paired test, resume, failing cells, outputs."""
+import json
+
+import pandas as pd
+import pytest
+
+from recbole_r2rec import leaderboard as lb
+from recbole_r2rec.runner import main
+
+
+def _cell(folder, row, dataset, seed, hit1, ranks=None, **extra):
+    folder.joinpath("cells").mkdir(parents=True, exist_ok=True)
+    result = {"model": row.split("-")[0], "dataset": dataset, "seed": seed,
+              "test_result": {"hit@1": hit1, "ndcg@10": hit1 + 0.1, **extra},
+              "eval_users": {"valid": 4, "test": 4}, "timings_s": {"total": 10.0 * seed % 7},
+              "peak_memory_mb": 100.0}
+    if ranks is not None:
+        result["test_user_ranks"] = {str(u): r for u, r in enumerate(ranks, 1)}
+    folder.joinpath("cells", f"{row}-{dataset}-seed{seed}.json").write_text(json.dumps(result))
+
+
+@pytest.fixture
+def board(tmp_path):
+    # SASRec: 0.5, 0.25; GRU4Rec: 0.25, 0.25; zero-shot: 0.0, 0.25; R2Rec: 0.75, 0.5 (4 users per seed)
+    _cell(tmp_path, "SASRec", "ml-100k", 1, 0.5, [1, 1, 3, 2])
+    _cell(tmp_path, "SASRec", "ml-100k", 2, 0.25, [2, 1, 5, 9])
+    _cell(tmp_path, "GRU4Rec", "ml-100k", 1, 0.25, [4, 1, 3, 2])
+    _cell(tmp_path, "GRU4Rec", "ml-100k", 2, 0.25, [1, 2, 5, 9])
+    _cell(tmp_path, "R2Rec-zs", "ml-100k", 1, 0.0, [2, 3, 3, 2], valid_ratio=0.1)
+    _cell(tmp_path, "R2Rec-zs", "ml-100k", 2, 0.25, [1, 3, 5, 9], valid_ratio=0.2)
+    _cell(tmp_path, "R2Rec", "ml-100k", 1, 0.75, [1, 1, 1, 2], valid_ratio=1.0)
+    _cell(tmp_path, "R2Rec", "ml-100k", 2, 0.5, [1, 4, 1, 9], valid_ratio=0.9)
+    return tmp_path
+
+
+def test_mean_std_and_gains_match_hand_computed_values(board):
+    results, failures = lb.load_cells(board)
+    assert failures == [] and {r["row"] for r in results} == {"SASRec", "GRU4Rec", "R2Rec-zs", "R2Rec"}
+    summ = lb.summary(lb.long_table(results)).set_index(["model", "metric"])
+    assert summ.loc[("SASRec", "hit@1"), "mean"] == pytest.approx(0.375)
+    assert summ.loc[("SASRec", "hit@1"), "std"] == pytest.approx(0.1767767, abs=1e-6)  # sample std of .5, .25
+    assert summ.loc[("R2Rec", "valid_ratio"), "mean"] == pytest.approx(0.95)
+    assert summ.loc[("R2Rec", "hit@1"), "count"] == 2
+    comps = {c["versus"]: c for c in lb.comparisons(results, lb.summary(lb.long_table(results)), "ml-100k")}
+    best = comps["best classical"]
+    assert best["other"] == "SASRec" and best["relative_gain"] == pytest.approx((0.625 - 0.375) / 0.375)
+    assert comps["zero-shot LLM"]["relative_gain"] == pytest.approx((0.625 - 0.125) / 0.125)
+    # paired over (seed, user): only R2Rec hits s1u3, s2u1, s2u3; only SASRec s2u2.
+    # Exact McNemar: 2 * P(Bin(4, 1/2) <= 1) = 2 * 5 / 16
+    assert (best["test"]["only_a"], best["test"]["only_b"], best["test"]["pairs"]) == (3, 1, 8)
+    assert best["test"]["p_value"] == pytest.approx(10 / 16)
+
+
+def test_mcnemar_agrees_with_a_hand_computed_exact_test():
+    # 8 users hit only by A, 2 only by B, 5 by both, 5 by neither:
+    # p = 2 * P(Bin(10, 1/2) <= 2) = 2 * (1 + 10 + 45) / 1024
+    a = [1] * 8 + [0] * 2 + [1] * 5 + [0] * 5
+    b = [0] * 8 + [1] * 2 + [1] * 5 + [0] * 5
+    out = lb.mcnemar(a, b)
+    assert (out["only_a"], out["only_b"], out["pairs"]) == (8, 2, 20)
+    assert out["p_value"] == pytest.approx(2 * 56 / 1024)
+    assert lb.mcnemar([1, 0], [1, 0])["p_value"] == 1.0  # no discordant pair: no evidence
+
+
+def test_report_writes_the_four_outputs_with_best_marked(board):
+    out = lb.report(board)
+    text = (board / "leaderboard.md").read_text()
+    assert "**0.6250 ± 0.1768**" in text  # R2Rec's Hit@1 is the best of its column
+    assert "relative gain +66.7%" in text and "McNemar" in text and "valid_ratio" in text
+    long = pd.read_csv(board / "leaderboard.csv")
+    assert list(long.columns) == ["model", "dataset", "seed", "metric", "value"]
+    assert len(long[(long.model == "R2Rec") & (long.metric == "hit@1")]) == 2
+    rows = json.loads((board / "leaderboard.json").read_text())["rows"]
+    assert {"model", "dataset", "seed", "metric", "value"} <= set(rows[0])
+    assert (board / "hit1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out["failures"] == []
+
+
+def test_rerun_skips_finished_cells_and_a_failing_cell_does_not_stop_the_grid(tmp_path):
+    calls = []
+
+    def fake(cell, folder, overrides):
+        calls.append(cell.name)
+        if cell.row == "Broken":
+            raise RuntimeError("boom")
+        _cell(folder, cell.row, cell.dataset, cell.seed, 0.5, [1, 2])
+
+    status = lb.run_grid(["SASRec", "Broken", "BPR"], ["d1"], [1, 2], tmp_path, runner=fake)
+    assert status["Broken-d1-seed1"].startswith("failed") and status["BPR-d1-seed2"] == "ran"
+    assert len(calls) == 6
+    calls.clear()
+    status = lb.run_grid(["SASRec", "Broken", "BPR"], ["d1"], [1, 2], tmp_path, runner=fake)
+    assert calls == ["Broken-d1-seed1", "Broken-d1-seed2"]  # finished cells skipped, failed ones retried
+    assert status["SASRec-d1-seed1"] == "done (skipped)"
+    lb.report(tmp_path)
+    text = (tmp_path / "leaderboard.md").read_text()
+    assert "## Failed cells" in text and "Broken-d1-seed1" in text and "SASRec" in text
+
+
+def test_leaderboard_command_runs_real_cells_in_their_own_processes(tiny_data_path, tmp_path):
+    folder = tmp_path / "board"
+    overrides = [f"--data_path={tiny_data_path}", "--load_col={inter: [user_id, item_id, timestamp]}",
+                 "--user_inter_num_interval=[5,inf)", "--state=WARNING", "--epochs=1",
+                 f"--checkpoint_dir={tmp_path / 'ckpt'}"]
+    main(["--leaderboard", "--models=Pop,NoSuchModel", "--datasets=tiny", "--seeds=2020",
+          f"--leaderboard_dir={folder}", *overrides])
+    result = json.loads((folder / "cells" / "Pop-tiny-seed2020.json").read_text())
+    assert 0 <= result["test_result"]["hit@1"] <= 1 and result["peak_memory_mb"] > 0
+    ranks = result["test_user_ranks"]
+    assert sum(r == 1 for r in ranks.values()) / len(ranks) == pytest.approx(result["test_result"]["hit@1"], abs=1e-4)
+    assert "NoSuchModel" in (folder / "cells" / "NoSuchModel-tiny-seed2020.error.txt").read_text()
+    text = (folder / "leaderboard.md").read_text()
+    assert "| Pop" in text and "NoSuchModel-tiny-seed2020" in text.split("## Failed cells")[1]
