@@ -88,6 +88,8 @@ def run(model: str = DEFAULT_MODEL, dataset: str = "ml-100k", config_files=(), o
     if getattr(trainer, "stage_results", None):
         result["stages"] = trainer.stage_results
     path = Path(result_file) if result_file else default_result_file(model, dataset, config["seed"])
+    if config["explain"]:
+        result["explain"] = explain(config, net, test_data, result, path, getattr(trainer, "user_ranks", {}))
     if int(os.environ.get("RANK", 0)) == 0:  # under `accelerate launch`, one process writes
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
@@ -95,6 +97,26 @@ def run(model: str = DEFAULT_MODEL, dataset: str = "ml-100k", config_files=(), o
     logger.info(f"test: {result['test_result']}")
     logger.info(f"result written to {path}")
     return result
+
+
+def explain(config, net, test_data, result: dict, result_path: Path, ranks: dict) -> dict:
+    """--explain=N: the reasoning of N sampled test users as HTML and Markdown beside the result."""
+    from recbole_r2rec.explain import write_explanations
+
+    if not getattr(net, "answers", None):
+        logging.getLogger().warning("--explain applies to LLM models (R2Rec): nothing to explain here")
+        return {}
+    inter = test_data._dataset.inter_feat
+    truth = dict(zip(inter[net.USER_ID].tolist(), inter[net.ITEM_ID].tolist()))
+    folder = Path(config["explain_dir"] or result_path.with_name(result_path.stem + "-explain"))
+    summary = (f"{config['model']} with stages={config['stages']} on {config['dataset']} (seed {config['seed']}, "
+               f"backbone {config['llm_path']}): {config['explain']} of {len(truth)} test users, sampled with the "
+               f"seed. Test Hit@1 of the run: {result['test_result'].get('hit@1')}; ValidRatio: "
+               f"{result['test_result'].get('valid_ratio')}.")
+    paths = write_explanations(folder, config["dataset"], net.answers, truth, net.titles, int(config["explain"]),
+                               config["seed"], summary, ranks)
+    logging.getLogger().info(f"explanations written to {paths}")
+    return paths
 
 
 def peak_memory_mb() -> float:

@@ -1,4 +1,6 @@
 """R2Rec with a tiny LLM built in the test: scoring, row order, candidate order, answers, errors."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -284,3 +286,19 @@ def test_sft_stage_trains_a_lora_adapter_resumes_and_is_not_redone(tiny_data_pat
     again = run("R2Rec", "tiny", overrides=overrides)  # finished stage: loaded, not redone
     assert (sft_dir / "final" / "adapter_model.safetensors").stat().st_mtime == stamp
     assert again["test_result"] == first["test_result"]
+
+
+def test_explain_writes_readable_reasoning_for_sampled_test_users(tiny_data_path, tiny_llm_path, in_tmp):
+    result = run("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path, stages="none",
+                                                 eval_users=6, generate_thoughts=True, max_new_tokens=6,
+                                                 explain=3, explain_dir=str(in_tmp / "why")))
+    page = (in_tmp / "why" / "explain.html").read_text()
+    md = (in_tmp / "why" / "explain.md").read_text()
+    assert page.count("<section>") == 3 and md.count("## User") == 3
+    assert page.count("(truth)") == 3 and "History" in page and "Thoughts" in page
+    # the ranks shown agree with the run's test Hit@1 for these users (scores come from the same pass)
+    ranks = [int(r) for r in re.findall(r"truth ranked (\d+) of\s+20", page)]
+    assert len(ranks) == 3 and all(1 <= r <= 20 for r in ranks)
+    users = [int(u) for u in re.findall(r"<h2>User (\d+):", page)]
+    assert all(result["test_user_ranks"][str(u)] == r for u, r in zip(users, ranks))
+    assert "<script" not in page and result["explain"]["html"].endswith("explain.html")
