@@ -81,6 +81,7 @@ def run(model: str = DEFAULT_MODEL, dataset: str = "ml-100k", config_files=(), o
         },
         "timings_s": timings,
         "peak_memory_mb": peak_memory_mb(),
+        "processes": _world_size(),
         "config": config_as_dict(config),
     }
     if getattr(trainer, "user_ranks", None):  # per-user outcomes, for paired significance tests
@@ -117,6 +118,13 @@ def explain(config, net, test_data, result: dict, result_path: Path, ranks: dict
                                config["seed"], summary, ranks)
     logging.getLogger().info(f"explanations written to {paths}")
     return paths
+
+
+def _world_size() -> int:
+    """Processes that trained together (torch.distributed, as set up by `accelerate launch`)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def peak_memory_mb() -> float:

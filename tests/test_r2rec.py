@@ -302,3 +302,61 @@ def test_explain_writes_readable_reasoning_for_sampled_test_users(tiny_data_path
     users = [int(u) for u in re.findall(r"<h2>User (\d+):", page)]
     assert all(result["test_user_ranks"][str(u)] == r for u, r in zip(users, ranks))
     assert "<script" not in page and result["explain"]["html"].endswith("explain.html")
+
+
+def test_sft_interrupted_mid_stage_resumes_from_its_last_checkpoint(tiny_data_path, tiny_llm_path, in_tmp,
+                                                                     monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import Trainer
+
+    overrides = tiny(data_path=tiny_data_path, llm_path=tiny_llm_path, stages="sft", sft_max_steps=3,
+                     sft_batch_size=2, sft_grad_accum=1, sft_save_steps=1, sft_logging_steps=1, eval_users=2,
+                     generate_thoughts=False, sft_max_length=512)
+    run("R2Rec", "tiny", overrides=overrides)
+    sft_dir = in_tmp / "saved" / "checkpoints" / "R2Rec-tiny-seed2020" / "sft"
+    uninterrupted = load_file(sft_dir / "final" / "adapter_model.safetensors")
+    # "interrupt" after step 2: the final adapter and the step-3 checkpoint never got written
+    shutil.rmtree(sft_dir / "final")
+    shutil.rmtree(sft_dir / "checkpoint-3")
+    steps = []
+    original = Trainer.training_step
+    monkeypatch.setattr(Trainer, "training_step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
+    run("R2Rec", "tiny", overrides=overrides)
+    assert len(steps) == 1  # only the missing step ran
+    resumed = load_file(sft_dir / "final" / "adapter_model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], atol=1e-5, rtol=1e-4)
+
+
+def test_sft_under_accelerate_launch_with_two_cpu_processes(tiny_data_path, tiny_llm_path, tmp_path):
+    """DDP on two CPU processes (gloo): a valid adapter, and one result file written once."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    script = Path(__file__).resolve().parent.parent / "run_recbole_r2rec.py"
+    result_file = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+           "--model=R2Rec", "--dataset=tiny", f"--data_path={tiny_data_path}", f"--llm_path={tiny_llm_path}",
+           "--load_col={inter: [user_id, item_id, timestamp], item: [item_id, title, genre]}",
+           "--item_text_fields=[title, genre]", "--state=WARNING", "--show_progress=False", "--stages=sft",
+           "--sft_max_steps=2", "--sft_batch_size=2", "--sft_grad_accum=1", "--sft_save_steps=1",
+           "--eval_users=2", "--valid_users=2", "--generate_thoughts=False", "--sft_max_length=512",
+           f"--result_file={result_file}", f"--checkpoint_dir={tmp_path / 'ckpt'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = tmp_path / "ckpt" / "R2Rec-tiny-seed2020" / "sft" / "final"
+    weights = load_file(final / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights) and all(torch.isfinite(w).all() for w in weights.values())
+    state = json.loads((tmp_path / "ckpt" / "R2Rec-tiny-seed2020" / "sft" / "checkpoint-2" /
+                        "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    result = json.loads(result_file.read_text())
+    assert "hit@1" in result["test_result"] and result["processes"] == 2
