@@ -60,8 +60,8 @@ def main():
     os.makedirs("saved", exist_ok=True)
     config = build_config("R2Rec", "ml-100k", overrides={"eval_users": args.users, "state": "WARNING",
                                                           "llm_dtype": args.llm_dtype})
-    _, _, test = prepare_data(config, create_dataset(config))
-    model = R2Rec(config, test._dataset)
+    train, _, test = prepare_data(config, create_dataset(config))
+    model = R2Rec(config, train._dataset)
     llm, tok = model.llm, model.tokenizer
 
     # The same users, candidates and prompts for every method.
@@ -72,8 +72,8 @@ def main():
         shown = [int(i) for i in test.candidates[uid]]
         history = prompts.history_ids(inter["item_id_list"][row].numpy(), int(inter["item_length"][row]),
                                       model.history_len)
-        prompt = model.encode(model.prompt_text(history, shown))
-        queries.append((prompt, shown, [model.encode(model.titles[i] + prompts.ANSWER_CLOSE) for i in shown]))
+        prompt = model.encode(model.prompt_text(history, shown, uid))
+        queries.append((prompt, shown, [model.answer_tokens(i) for i in shown]))
     prefix = model.encode(prompts.answer_prefix(None))
     n = len(queries)
 

@@ -67,6 +67,22 @@ class InteractionGraph:
     def users_of(self, item: int) -> np.ndarray:
         return self.by_item.indices[self.by_item.indptr[item]:self.by_item.indptr[item + 1]]
 
+    def candidate_support(self, user: int, history, candidates) -> list:
+        """Per candidate c, the strongest real chain u0 -> i0 -> u1 -> c through the history: (number of
+        other users who chose both i0 and c, i0), maximised over i0 in `history`; (0, None) if none.
+        The user's own interactions never count (at training time u0 chose the target itself)."""
+        hist = np.array([i for i in history if i], dtype=np.int64)
+        cands = np.asarray(candidates, dtype=np.int64)
+        if not len(hist) or not len(cands):
+            return [(0, None)] * len(cands)
+        co = (self.by_item[hist] @ self.by_item[cands].T).toarray().astype(np.int64)  # [H, C]
+        mine = np.asarray(self.matrix[user].todense()).ravel() if user < self.matrix.shape[0] else None
+        if mine is not None:
+            co -= np.outer(mine[hist], mine[cands]).astype(np.int64)
+        best = co.argmax(axis=0)
+        counts = co[best, np.arange(len(cands))]
+        return [(int(n), int(hist[b]) if n > 0 else None) for n, b in zip(counts, best)]
+
     def shared_count(self, user: int, others: np.ndarray) -> np.ndarray:
         return np.asarray(self.co[user, others].todense()).ravel() if len(others) else np.zeros(0)
 

@@ -11,6 +11,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_r2rec import prompts
+from recbole_r2rec.chains import InteractionGraph
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
 from recbole_r2rec.scoring import constrained_choice, continue_generation, generate, score_candidates
@@ -47,6 +48,9 @@ class R2Rec(SequentialRecommender):
         )
         self.llm, self.tokenizer = load_backbone(config["llm_path"], config["llm_dtype"], config["llm_device"])
         self._close_head = self.encode(prompts.ANSWER_CLOSE)[:1]
+        self.chain_evidence = config["chain_evidence"]
+        self.evidence_items = config["evidence_items"]
+        self.graph = InteractionGraph.from_training(dataset) if self.chain_evidence else None
         self.answers = []  # per evaluated user: what the model answered (for ValidRatio, --explain)
 
     # -- text ---------------------------------------------------------------------------------------
@@ -56,7 +60,18 @@ class R2Rec(SequentialRecommender):
     def candidate_text(self, item: int) -> str:
         return self.describe(item) if self.candidate_attributes else self.titles[item]
 
-    def prompt_text(self, history: list, shown: list, context: str = "") -> str:
+    def grounding(self, user: int, history: list, shown: list) -> str:
+        """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains
+        from the user's history in the training graph, so the model reasons over real interactions
+        instead of recalling them. Empty when off."""
+        if not self.chain_evidence:
+            return ""
+        support = self.graph.candidate_support(user, history, shown)
+        return prompts.support_evidence([(self.titles[c], n, self.titles[via] if via else "")
+                                         for c, (n, via) in zip(shown, support)], self.evidence_items)
+
+    def prompt_text(self, history: list, shown: list, user: int = 0, context: str = "") -> str:
+        context = "\n\n".join(p for p in (self.grounding(user, history, shown), context) if p)
         message = prompts.user_message([self.describe(i) for i in history], [self.candidate_text(i) for i in shown],
                                        context)
         return prompts.chat_prompt(self.tokenizer, message)
@@ -119,7 +134,7 @@ class R2Rec(SequentialRecommender):
     def score_users(self, queries):
         """For a batch of (uid, rows, history, shown): generate thoughts/answers (optionally), score
         every shown candidate given prompt + thoughts, record the answers. Yields (query, {item: score})."""
-        prompt_ids = [self.encode(self.prompt_text(h, shown)) for _, _, h, shown in queries]
+        prompt_ids = [self.encode(self.prompt_text(h, shown, uid)) for uid, _, h, shown in queries]
         cand_ids = [[self.answer_tokens(i) for i in shown] for *_, shown in queries]
         thoughts = [None] * len(queries)
         completions = [""] * len(queries)

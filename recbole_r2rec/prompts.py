@@ -95,6 +95,23 @@ def user_message(history: list, candidates: list, context: str = "") -> str:
     return "\n".join(lines)
 
 
+def strongest(support: list, top: int) -> list:
+    """Indices of the `top` entries with the most support (> 0), strongest first, ties in order."""
+    return sorted((k for k, s in enumerate(support) if s[1] > 0), key=lambda k: -support[k][1])[:top]
+
+
+def support_evidence(support: list, top: int) -> str:
+    """Chain-grounded evidence for the prompt: the `top` candidates with the strongest real chains
+    through the user's history, strongest first (ties keep the display order). support: per shown
+    candidate (title, users, via title)."""
+    ranked = [support[k] for k in strongest(support, top)]
+    if not ranked:
+        return "Evidence from other users: none of the candidates was chosen by users who share your items."
+    lines = ["Evidence from other users (strongest first):"]
+    lines += [f"- {title}: {n} user{'s' if n > 1 else ''} who chose {via} also chose it" for title, n, via in ranked]
+    return "\n".join(lines)
+
+
 def chat_prompt(tokenizer, message: str) -> str:
     """The prompt text through the model's chat template (plain text if it has none)."""
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": message}]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from recbole_r2rec import prompts
-from recbole_r2rec.chains import ChainSampler, InteractionGraph
+from recbole_r2rec.chains import Chain, ChainSampler, InteractionGraph
 from recbole_r2rec.protocol import candidate_order, draw_negatives
 from recbole_r2rec.thoughts import LEVELS, build_trace, well_formed
 
@@ -48,6 +48,23 @@ def training_candidates(config, graph: InteractionGraph, probs, user: int, targe
     return [int(i) for i in candidate_order(config["seed"], user * 1_000_003 + k, [target, *negatives])]
 
 
+def evidence_chain(model, graph: InteractionGraph, chain: Chain, history, shown) -> tuple:
+    """With `chain_evidence`, a target the prompt's evidence lists is reasoned through that listed
+    chain (i0 = its history item, u1 = one of its users), so the thoughts cite what the prompt shows;
+    returns (chain, support). Otherwise the sampled chain, support 0."""
+    if not model.chain_evidence:
+        return chain, 0
+    support = model.graph.candidate_support(chain.user, history, shown)
+    ranked = prompts.strongest([(None, n) for n, _ in support], model.evidence_items)
+    k = shown.index(chain.target)
+    if k not in ranked:
+        return chain, 0
+    n, via = support[k]
+    users = np.intersect1d(graph.users_of(via), graph.users_of(chain.target))
+    users = users[users != chain.user]
+    return Chain(chain.user, chain.target, (via,), (int(users[0]),)), n
+
+
 def build_traces(model, train_dataset, graph: InteractionGraph, config) -> list:
     """SFT traces for the training rows: chains -> traces at the configured levels, well-formed only."""
     sampler = ChainSampler(graph, config["seed"], config["chains_per_example"], config["min_shared_items"],
@@ -64,8 +81,10 @@ def build_traces(model, train_dataset, graph: InteractionGraph, config) -> list:
         history = prompts.history_ids(inter[seq][row].numpy(), int(inter[length][row]), model.history_len)
         for chain in sampler.sample(user, history, target):
             shown = training_candidates(config, graph, probs, user, target, k)
+            chain, support = evidence_chain(model, graph, chain, history, shown)
             trace = build_trace(chain, levels[k % len(levels)], history, shown, model.titles.__getitem__,
-                                model.describe, model.candidate_text)
+                                model.describe, model.candidate_text, model.grounding(user, history, shown),
+                                support)
             k += 1
             if well_formed(trace, [model.titles[i] for i in shown]):
                 traces.append(trace)
@@ -172,7 +191,7 @@ def rl_dataset(model, train_dataset, graph, config):
         history = prompts.history_ids(inter[model.ITEM_SEQ][row].numpy(), int(inter[model.ITEM_SEQ_LEN][row]),
                                       model.history_len)
         shown = training_candidates(config, graph, probs, user, target, 10_000_000 + k)
-        data.append({"prompt": model.prompt_text(history, shown), "candidates": [model.titles[i] for i in shown],
+        data.append({"prompt": model.prompt_text(history, shown, user), "candidates": [model.titles[i] for i in shown],
                      "target": model.titles[target]})
     return Dataset.from_list(data)
 

@@ -40,14 +40,16 @@ class Trace:
         return {**asdict(self), "completion": self.completion}
 
 
-def chain_thoughts(chain: Chain, title, describe) -> list:
+def chain_thoughts(chain: Chain, title, describe, support: int = 0) -> list:
     """One short thought per hop of the chain, grounded in the real items (the user's item with its
     attributes; a neighbour described by what it chose, never named). Short on purpose: at inference
     the model writes them token by token before every answer."""
     i0, t = chain.items[0], chain.target
     neighbour = f"Another user who also chose {title(i0)}" + (f" and {title(chain.shared[0])}" if chain.shared else "")
     steps = [f"The user chose {describe(i0)}."]
-    if chain.hops == 2:
+    if support:  # the chain is one the prompt's evidence lists: cite its strength
+        steps.append(f"{support} other user{'s' if support > 1 else ''} who chose {title(i0)} also chose {title(t)}.")
+    elif chain.hops == 2:
         i1 = chain.items[1]
         steps += [f"{neighbour} chose {title(i1)}.", f"A user who chose {title(i1)} too went on to {title(t)}."]
     else:
@@ -69,17 +71,18 @@ def evidence(chain: Chain, level: int, title) -> str:
 
 
 def build_trace(chain: Chain, level: int, history: list, shown: list, title, describe,
-                candidate_text) -> Trace:
+                candidate_text, grounding: str = "", support: int = 0) -> Trace:
     """The SFT example for one chain at one level. `shown` are candidate item ids in display order;
-    the chain's target must be among them."""
+    the chain's target must be among them. `grounding`: chain evidence shown at every level, as at
+    inference (`chain_evidence`)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, not {level}")
     if chain.target not in shown:
         raise ValueError("the chain's target is not among the candidates")
-    message = prompts.user_message([describe(i) for i in history], [candidate_text(i) for i in shown],
-                                   evidence(chain, level, title))
+    context = "\n\n".join(part for part in (grounding, evidence(chain, level, title)) if part)
+    message = prompts.user_message([describe(i) for i in history], [candidate_text(i) for i in shown], context)
     return Trace(
-        user=chain.user, level=level, prompt=message, thoughts=" ".join(chain_thoughts(chain, title, describe)),
+        user=chain.user, level=level, prompt=message, thoughts=" ".join(chain_thoughts(chain, title, describe, support)),
         answer=title(chain.target), target=chain.target, candidates=list(shown),
         chain_items=list(chain.items), chain_users=[chain.user, *chain.neighbours],
     )

@@ -86,3 +86,18 @@ def test_graph_from_recbole_splits_holds_training_interactions_only(tiny_data_pa
             assert t in g.items_of(c.neighbours[-1]) and c.items[0] in history
             assert not set(c.items) & g.held_out.get(u, set())
     assert closed > 0
+
+
+def test_candidate_support_counts_other_users_chains_through_the_history():
+    g = graph()
+    # candidates 4 (the target), 7, 5, 9 for u1 with history [1, 2, 3]
+    support = g.candidate_support(1, [1, 2, 3], [4, 7, 5, 9])
+    # 4: users choosing 1 and 4 -> u2 (u1 itself never counts) = 1; via 3 -> u3 = 1; max 1 via the first best (1)
+    assert support[0] == (1, 1)
+    assert support[1] == (1, 1)        # 7: u2 chose 1 and 7
+    assert support[2] == (0, None)     # 5: only u4, who shares no history item
+    assert support[3] == (0, None)     # 9: u5 shares no history item
+    # the user's own interactions are excluded: with u2 gone, the target has support through u3 only
+    g2 = InteractionGraph({k: v for k, v in TRAIN.items() if k != 2}, n_users=6, n_items=10)
+    assert g2.candidate_support(1, [1, 2, 3], [4]) == [(1, 3)]
+    assert g.candidate_support(1, [], [4]) == [(0, None)]

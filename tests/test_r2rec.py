@@ -95,7 +95,7 @@ def test_scores_follow_recbole_row_order(tiny_r2rec):
     item = answer["candidates"][3]
     row = [r for r in range(len(interaction)) if int(interaction["item_id"][r]) == item
            and int(interaction["user_id"][r]) == answer["user"]][0]
-    prefix = model.encode(model.prompt_text(answer["history"], answer["candidates"]) + prompts.answer_prefix(None))
+    prefix = model.encode(model.prompt_text(answer["history"], answer["candidates"], answer["user"]) + prompts.answer_prefix(None))
     naive = score_naive(model.llm, prefix, [model.answer_tokens(item)])[0]
     assert abs(float(scores[row]) - naive) < 1e-4
 
@@ -113,7 +113,7 @@ def test_prompt_order_does_not_depend_on_which_row_is_positive(tiny_r2rec):
     assert shown[0] == shown[1] == shown[2]
     uid = model.answers[0]["user"]
     assert list(shown[0]) == list(candidate_order(config["seed"], uid, interaction["item_id"].tolist()))
-    text = model.prompt_text(model.answers[0]["history"], list(shown[0]))
+    text = model.prompt_text(model.answers[0]["history"], list(shown[0]), uid).split("Candidates:")[1]
     assert text.index(model.titles[shown[0][0]]) < text.index(model.titles[shown[0][1]])
 
 
