@@ -129,13 +129,39 @@ def _common_args(model, config, out: Path, prefix: str) -> dict:
     )
 
 
+_STAGE_KEYS = ("llm_path", "history_len", "candidate_attributes", "item_text_fields", "chain_evidence",
+               "evidence_items", "chains_per_example", "min_shared_items", "long_chains", "max_new_tokens")
+
+
+def stage_settings(config, stage: str) -> dict:
+    """What a stage's result depends on: its own keys (`sft_*`, `rl_*`), LoRA, prompts and chains; an
+    SFT+RL run also depends on the SFT settings."""
+    prefixes = ("lora_", "sft_") + (("rl_",) if stage == "rl" else ())
+    keys = sorted(k for k in config.final_config_dict if k.startswith(prefixes) or k in _STAGE_KEYS)
+    return {k: config[k] if isinstance(config[k], (int, float, str, bool, type(None))) else str(config[k])
+            for k in keys}
+
+
 def load_finished_stage(model, config, stage: str) -> bool:
-    """A finished stage is loaded, not redone: its `final/` adapter replaces the current one."""
+    """A finished stage is loaded, not redone: its `final/` adapter replaces the current one. One made
+    with other settings is refused (reusing it would silently report the wrong model)."""
+    import json
+
     from peft import PeftModel
+
+    from recbole_r2rec.config import ConfigError
 
     final = stage_dir(config, stage) / "final"
     if not (final / "adapter_config.json").is_file():
         return False
+    saved = final / "stage_settings.json"
+    if saved.is_file():
+        old, new = json.loads(saved.read_text()), stage_settings(config, stage)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            raise ConfigError(f"the finished {stage} stage in {final.parent} was trained with other settings "
+                              f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed)}); "
+                              "use another --checkpoint_dir or remove that folder to retrain")
     logger.info(f"{stage.upper()} already finished: loading the adapter from {final}")
     if isinstance(model.llm, PeftModel):
         model.llm = model.llm.unload()  # drop the previous adapter, keep the base weights untouched
@@ -144,12 +170,15 @@ def load_finished_stage(model, config, stage: str) -> bool:
     return True
 
 
-def _train(trainer, model, out: Path) -> None:
+def _train(trainer, model, out: Path, config) -> None:
     """Train (resuming from the last checkpoint if any), save the final adapter from one process."""
     resume = any(out.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     if trainer.is_world_process_zero():
+        import json
+
         trainer.model.save_pretrained(out / "final", selected_adapters=["default"])
+        (out / "final" / "stage_settings.json").write_text(json.dumps(stage_settings(config, out.name), indent=1))
     model.llm = trainer.model
     model.llm.eval()
 
@@ -171,7 +200,7 @@ def run_sft(model, train_dataset, graph, config) -> None:
                      completion_only_loss=True)
     trainer = SFTTrainer(model=model.llm, args=args, train_dataset=sft_dataset(model, traces),
                          processing_class=model.tokenizer)
-    _train(trainer, model, out)
+    _train(trainer, model, out, config)
 
 
 def rl_dataset(model, train_dataset, graph, config):
@@ -245,6 +274,6 @@ def run_rl(model, train_dataset, graph, config) -> None:
     trainer = GRPOTrainer(model=model.llm, reward_funcs=funcs, args=args,
                           train_dataset=rl_dataset(model, train_dataset, graph, config),
                           processing_class=model.tokenizer)
-    _train(trainer, model, out)
+    _train(trainer, model, out, config)
     if "ref" in getattr(model.llm, "peft_config", {}):
         model.llm.delete_adapter("ref")

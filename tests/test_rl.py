@@ -89,3 +89,9 @@ def test_unknown_or_all_zero_rewards_are_refused(tiny_data_path, tiny_llm_path, 
     with pytest.raises(ValueError, match="unknown reward"):
         run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="rl",
                                                   rl_reward_weights={"hit": 1.0}))
+
+
+def test_a_finished_stage_trained_with_other_settings_is_refused(tiny_data_path, tiny_llm_path, in_tmp):
+    run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="sft"))
+    with pytest.raises(ConfigError, match="sft_learning_rate"):
+        run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="sft", sft_learning_rate=1e-3))
