@@ -1,5 +1,4 @@
 """Layered configuration, model lookup and the errors a user sees."""
-import time
 
 import pytest
 
@@ -60,10 +59,8 @@ def test_missing_dataset_fails_fast_without_download(tmp_path, monkeypatch, in_t
 
     monkeypatch.setattr(recbole_dataset, "download_url", no_download)
     monkeypatch.setattr(recbole_dataset, "decide_download", no_download)
-    start = time.perf_counter()
-    with pytest.raises(DatasetNotFoundError) as err:
+    with pytest.raises(DatasetNotFoundError) as err:  # before any loading, and no download attempted
         run("BPR", "nosuchdata", overrides={"data_path": str(tmp_path / "nowhere")})
-    assert time.perf_counter() - start < 60
     message = str(err.value)
     assert str(tmp_path / "nowhere" / "nosuchdata" / "nosuchdata.inter") in message
     assert "--data_path" in message
