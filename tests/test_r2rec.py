@@ -217,14 +217,19 @@ def test_zero_shot_run_reports_valid_ratio(tiny_data_path, tiny_llm_path, in_tmp
 
 def test_constrained_answers_are_always_valid(tiny_data_path, tiny_llm_path, in_tmp):
     result = run("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path,
-                                                 eval_users=6, generate_thoughts=False, constrained_answer=True))
+                                                 stages="none", eval_users=6, generate_thoughts=False,
+                                                 constrained_answer=True))
     assert result["test_result"]["valid_ratio"] == 1.0
 
 
 def test_default_llm_end_to_end_on_a_few_ml100k_users(in_tmp):
-    """The real embedded SmolLM2-135M on 3 users (slow: converts the GGUF once, then ~1 min)."""
-    result = run("R2Rec", "ml-100k", overrides={"eval_users": 3, "max_new_tokens": 12, "state": "WARNING",
-                                                "show_progress": False})
+    """The real embedded SmolLM2-135M through both stages, one step each, on 3 users (slow: converts
+    the GGUF once, then ~2 min)."""
+    result = run("R2Rec", "ml-100k", overrides={
+        "eval_users": 3, "valid_users": 2, "max_new_tokens": 12, "state": "WARNING", "show_progress": False,
+        "stages": "sft,rl", "sft_max_steps": 1, "sft_batch_size": 2, "sft_grad_accum": 1, "sft_max_traces": 2,
+        "rl_max_steps": 1, "rl_batch_size": 2, "rl_grad_accum": 1, "rl_num_generations": 2, "rl_prompts": 1})
+    assert set(result["stages"]) == {"sft", "rl", "selected"}
     test = result["test_result"]
     assert result["eval_users"]["test"] == 3
     assert set(test) >= {"hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10", "valid_ratio"}
