@@ -121,10 +121,13 @@ def explain(config, net, test_data, result: dict, result_path: Path, ranks: dict
 
 
 def _world_size() -> int:
-    """Processes that trained together (torch.distributed, as set up by `accelerate launch`)."""
+    """Processes that ran together (`accelerate launch` sets WORLD_SIZE; the trainers may already have
+    torn their process group down by the time the result is written)."""
     import torch.distributed as dist
 
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
 
 
 def peak_memory_mb() -> float:
