@@ -337,7 +337,10 @@ def test_sft_interrupted_mid_stage_resumes_from_its_last_checkpoint(tiny_data_pa
 
 
 def test_sft_under_accelerate_launch_with_two_cpu_processes(tiny_data_path, tiny_llm_path, tmp_path):
-    """DDP on two CPU processes (gloo): a valid adapter, and one result file written once."""
+    """DDP on two CPU processes (gloo): a valid adapter, and one result file written once. On CPUs,
+    `accelerate launch --cpu --num_processes 2` starts ONE process (its CPU multi-process mode needs MPI);
+    `--multi_gpu --num_processes 2` starts two through torchrun, and on a machine without GPUs they train
+    on the CPU over gloo."""
     import json
     import subprocess
     import sys
@@ -347,7 +350,7 @@ def test_sft_under_accelerate_launch_with_two_cpu_processes(tiny_data_path, tiny
 
     script = Path(__file__).resolve().parent.parent / "run_recbole_r2rec.py"
     result_file = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
            "--model=R2Rec", "--dataset=tiny", f"--data_path={tiny_data_path}", f"--llm_path={tiny_llm_path}",
            "--load_col={inter: [user_id, item_id, timestamp], item: [item_id, title, genre]}",
