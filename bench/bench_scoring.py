@@ -22,7 +22,7 @@ from recbole_r2rec.config import build_config
 from recbole_r2rec.protocol import prepare_data
 from recbole_r2rec.model import R2Rec
 from recbole_r2rec import prompts
-from recbole_r2rec.scoring import generate, score_naive, score_shared
+from recbole_r2rec.scoring import generate, score_candidates, score_naive
 
 
 def matmul_peak(dtype, n=2048, reps=5) -> float:
@@ -73,7 +73,7 @@ def main():
         history = prompts.history_ids(inter["item_id_list"][row].numpy(), int(inter["item_length"][row]),
                                       model.history_len)
         prompt = model.encode(model.prompt_text(history, shown, uid))
-        queries.append((prompt, shown, [model.answer_tokens(i) for i in shown]))
+        queries.append((prompt, shown, [model.answer_tokens(model.titles[i]) for i in shown]))
     prefix = model.encode(prompts.answer_prefix(None))
     n = len(queries)
 
@@ -81,7 +81,7 @@ def main():
         out = []
         for s in range(0, n, args.batch_users):
             chunk = queries[s:s + args.batch_users]
-            out += score_shared(llm, [q[0] + prefix for q in chunk], [q[2] for q in chunk], tok.pad_token_id)
+            out += score_candidates(llm, [q[0] + prefix for q in chunk], [q[2] for q in chunk], tok.pad_token_id)
         return out
 
     def run_naive(k):
@@ -103,7 +103,7 @@ def main():
         results[key] = fn()
         return time.perf_counter() - start
 
-    score_shared(llm, [queries[0][0] + prefix], [queries[0][2]], tok.pad_token_id)  # warm-up
+    score_candidates(llm, [queries[0][0] + prefix], [queries[0][2]], tok.pad_token_id)  # warm-up
     t_shared = timed("shared", run_shared)
     t_naive = timed("naive", lambda: run_naive(args.naive_users))
     t_gen = timed("gen", run_generate_then_match)

@@ -75,10 +75,9 @@ class InteractionGraph:
         cands = np.asarray(candidates, dtype=np.int64)
         if not len(hist) or not len(cands):
             return [(0, None)] * len(cands)
-        co = (self.by_item[hist] @ self.by_item[cands].T).toarray().astype(np.int64)  # [H, C]
-        mine = np.asarray(self.matrix[user].todense()).ravel() if user < self.matrix.shape[0] else None
-        if mine is not None:
-            co -= np.outer(mine[hist], mine[cands]).astype(np.int64)
+        co = (self.by_item[hist] @ self.by_item[cands].T).toarray()  # [H, C]
+        mine = self.matrix[user].toarray().ravel()
+        co -= np.outer(mine[hist], mine[cands])
         best = co.argmax(axis=0)
         counts = co[best, np.arange(len(cands))]
         return [(int(n), int(hist[b]) if n > 0 else None) for n, b in zip(counts, best)]

@@ -60,13 +60,13 @@ class R2Rec(SequentialRecommender):
     def candidate_text(self, item: int) -> str:
         return self.describe(item) if self.candidate_attributes else self.titles[item]
 
-    def grounding(self, user: int, history: list, shown: list) -> str:
+    def grounding(self, user: int, history: list, shown: list, support: list | None = None) -> str:
         """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains
         from the user's history in the training graph, so the model reasons over real interactions
-        instead of recalling them. Empty when off."""
+        instead of recalling them. Empty when off. `support`: `graph.candidate_support` if known."""
         if not self.chain_evidence:
             return ""
-        support = self.graph.candidate_support(user, history, shown)
+        support = support or self.graph.candidate_support(user, history, shown)
         return prompts.support_evidence([(self.titles[c], n, self.titles[via] if via else "")
                                          for c, (n, via) in zip(shown, support)], self.evidence_items)
 
@@ -111,10 +111,10 @@ class R2Rec(SequentialRecommender):
                     scores[r] = item_scores[items[r]]
         return scores.to(self.device)
 
-    def answer_tokens(self, item: int) -> list:
+    def answer_tokens(self, title: str) -> list:
         """The tokens a candidate is scored on: its title, then the first token of </answer> (so a
         title that is a prefix of another does not score as the longer one)."""
-        return self.encode(self.titles[item]) + self._close_head
+        return self.encode(title) + self._close_head
 
     @torch.no_grad()
     def score_texts(self, prompt_texts: list, completions: list, titles: list) -> list:
@@ -126,7 +126,7 @@ class R2Rec(SequentialRecommender):
         for s in range(0, len(prompt_texts), self.score_batch_users):
             chunk = range(s, min(s + self.score_batch_users, len(prompt_texts)))
             prefixes = [self.encode(prompt_texts[i] + prompts.scoring_prefix(completions[i])) for i in chunk]
-            cands = [[self.encode(t) + self._close_head for t in titles[i]] for i in chunk]
+            cands = [[self.answer_tokens(t) for t in titles[i]] for i in chunk]
             scores += [r.mean for r in score_candidates(self.llm, prefixes, cands, self.tokenizer.pad_token_id)]
         self.llm.train(training)
         return scores
@@ -135,7 +135,7 @@ class R2Rec(SequentialRecommender):
         """For a batch of (uid, rows, history, shown): generate thoughts/answers (optionally), score
         every shown candidate given prompt + thoughts, record the answers. Yields (query, {item: score})."""
         prompt_ids = [self.encode(self.prompt_text(h, shown, uid)) for uid, _, h, shown in queries]
-        cand_ids = [[self.answer_tokens(i) for i in shown] for *_, shown in queries]
+        cand_ids = [[self.answer_tokens(self.titles[i]) for i in shown] for *_, shown in queries]
         thoughts = [None] * len(queries)
         completions = [""] * len(queries)
         if self.generate_thoughts:

@@ -95,16 +95,16 @@ def user_message(history: list, candidates: list, context: str = "") -> str:
     return "\n".join(lines)
 
 
-def strongest(support: list, top: int) -> list:
-    """Indices of the `top` entries with the most support (> 0), strongest first, ties in order."""
-    return sorted((k for k, s in enumerate(support) if s[1] > 0), key=lambda k: -support[k][1])[:top]
+def strongest(counts: list, top: int) -> list:
+    """Indices of the `top` entries with the largest count (> 0), strongest first, ties in order."""
+    return sorted((k for k, n in enumerate(counts) if n > 0), key=lambda k: -counts[k])[:top]
 
 
 def support_evidence(support: list, top: int) -> str:
     """Chain-grounded evidence for the prompt: the `top` candidates with the strongest real chains
     through the user's history, strongest first (ties keep the display order). support: per shown
     candidate (title, users, via title)."""
-    ranked = [support[k] for k in strongest(support, top)]
+    ranked = [support[k] for k in strongest([n for _, n, _ in support], top)]
     if not ranked:
         return "Evidence from other users: none of the candidates was chosen by users who share your items."
     lines = ["Evidence from other users (strongest first):"]

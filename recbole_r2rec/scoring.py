@@ -127,11 +127,6 @@ def score_candidates(model, bridges: list, candidates: list, pad_id: int, cache=
     return results
 
 
-def score_shared(model, prefixes: list, candidates: list, pad_id: int) -> list:
-    """Scores given fresh prompts (`prefixes`: per user, the tokens up to the answer)."""
-    return score_candidates(model, prefixes, candidates, pad_id)
-
-
 def continue_generation(gen: Generation, encode, decode, prefix_text) -> tuple:
     """Turn a `Generation` into (bridges, cache_mask) for `score_candidates`: per row, keep the longest
     run of generated tokens whose text is a prefix of `prefix_text(row)` (what must precede the answer:

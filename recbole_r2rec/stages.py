@@ -7,6 +7,7 @@ stage (its `final/` adapter exists) is loaded, not redone.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -48,14 +49,13 @@ def training_candidates(config, graph: InteractionGraph, probs, user: int, targe
     return [int(i) for i in candidate_order(config["seed"], user * 1_000_003 + k, [target, *negatives])]
 
 
-def evidence_chain(model, graph: InteractionGraph, chain: Chain, history, shown) -> tuple:
+def evidence_chain(model, graph: InteractionGraph, chain: Chain, shown, support: list) -> tuple:
     """With `chain_evidence`, a target the prompt's evidence lists is reasoned through that listed
     chain (i0 = its history item, u1 = one of its users), so the thoughts cite what the prompt shows;
-    returns (chain, support). Otherwise the sampled chain, support 0."""
+    returns (chain, its support count). Otherwise the sampled chain, 0."""
     if not model.chain_evidence:
         return chain, 0
-    support = model.graph.candidate_support(chain.user, history, shown)
-    ranked = prompts.strongest([(None, n) for n, _ in support], model.evidence_items)
+    ranked = prompts.strongest([n for n, _ in support], model.evidence_items)
     k = shown.index(chain.target)
     if k not in ranked:
         return chain, 0
@@ -81,10 +81,11 @@ def build_traces(model, train_dataset, graph: InteractionGraph, config) -> list:
         history = prompts.history_ids(inter[seq][row].numpy(), int(inter[length][row]), model.history_len)
         for chain in sampler.sample(user, history, target):
             shown = training_candidates(config, graph, probs, user, target, k)
-            chain, support = evidence_chain(model, graph, chain, history, shown)
+            support = model.graph.candidate_support(user, history, shown) if model.chain_evidence else None
+            chain, strength = evidence_chain(model, graph, chain, shown, support)
             trace = build_trace(chain, levels[k % len(levels)], history, shown, model.titles.__getitem__,
-                                model.describe, model.candidate_text, model.grounding(user, history, shown),
-                                support)
+                                model.describe, model.candidate_text,
+                                model.grounding(user, history, shown, support), strength)
             k += 1
             if well_formed(trace, [model.titles[i] for i in shown]):
                 traces.append(trace)
@@ -145,8 +146,6 @@ def stage_settings(config, stage: str) -> dict:
 def load_finished_stage(model, config, stage: str) -> bool:
     """A finished stage is loaded, not redone: its `final/` adapter replaces the current one. One made
     with other settings is refused (reusing it would silently report the wrong model)."""
-    import json
-
     from peft import PeftModel
 
     from recbole_r2rec.config import ConfigError
@@ -175,8 +174,6 @@ def _train(trainer, model, out: Path, config) -> None:
     resume = any(out.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     if trainer.is_world_process_zero():
-        import json
-
         trainer.model.save_pretrained(out / "final", selected_adapters=["default"])
         (out / "final" / "stage_settings.json").write_text(json.dumps(stage_settings(config, out.name), indent=1))
     model.llm = trainer.model
@@ -256,12 +253,9 @@ def run_rl(model, train_dataset, graph, config) -> None:
 
     if load_finished_stage(model, config, "rl"):
         return
-    if not isinstance(model.llm, PeftModel):
-        sft_final = stage_dir(config, "sft") / "final"
-        if not (sft_final / "adapter_config.json").is_file():
-            raise ConfigError(f"the rl stage starts from the SFT adapter, and there is none at {sft_final}: "
-                              "run --stages=sft,rl (or --stages=sft first)")
-        model.llm = PeftModel.from_pretrained(model.llm, sft_final, is_trainable=True)
+    if not isinstance(model.llm, PeftModel) and not load_finished_stage(model, config, "sft"):
+        raise ConfigError(f"the rl stage starts from the SFT adapter, and there is none under "
+                          f"{stage_dir(config, 'sft')}: run --stages=sft,rl (or --stages=sft first)")
     for name, param in model.llm.named_parameters():
         param.requires_grad = "lora_" in name
     out = stage_dir(config, "rl")

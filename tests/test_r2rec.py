@@ -15,8 +15,7 @@ from recbole_r2rec.model import R2Rec
 from recbole_r2rec.protocol import ProtocolError, candidate_order, prepare_data
 from recbole_r2rec.registry import get_trainer
 from recbole_r2rec.runner import run
-from recbole_r2rec.scoring import (constrained_choice, continue_generation, generate, score_candidates, score_naive,
-                                   score_shared)
+from recbole_r2rec.scoring import (constrained_choice, continue_generation, generate, score_candidates, score_naive)
 from recbole_r2rec.trainer import parse_stages
 
 
@@ -50,7 +49,7 @@ def test_shared_prefix_scores_equal_naive_per_candidate_scores(tiny_llm_path):
     cands = [[enc(t + " </answer>") for t in ("red star 1", "moon", "king queen 3 war", "ice")],
              [enc(t + " </answer>") for t in ("sun river", "night")],
              [enc(t + " </answer>") for t in ("day", "game 2", "love city road dream")]]
-    shared = score_shared(model, prefixes, cands, tok.pad_token_id)
+    shared = score_candidates(model, prefixes, cands, tok.pad_token_id)
     for p, c, s in zip(prefixes, cands, shared):
         np.testing.assert_allclose(s.mean, score_naive(model, p, c), atol=1e-5)
         assert len(s.token_logprobs) == len(c)
@@ -96,7 +95,7 @@ def test_scores_follow_recbole_row_order(tiny_r2rec):
     row = [r for r in range(len(interaction)) if int(interaction["item_id"][r]) == item
            and int(interaction["user_id"][r]) == answer["user"]][0]
     prefix = model.encode(model.prompt_text(answer["history"], answer["candidates"], answer["user"]) + prompts.answer_prefix(None))
-    naive = score_naive(model.llm, prefix, [model.answer_tokens(item)])[0]
+    naive = score_naive(model.llm, prefix, [model.answer_tokens(model.titles[item])])[0]
     assert abs(float(scores[row]) - naive) < 1e-4
 
 
@@ -167,7 +166,7 @@ def test_constrained_decoding_is_greedy_trie_decoding(tiny_llm_path):
     for seed, text in enumerate(["the user chose red <answer>", "moon sun river <answer>", "<answer>"]):
         prefix = enc(text)
         cands = [enc(t + " </answer>") for t in titles]
-        res = score_shared(model, [prefix], [cands], tok.pad_token_id)[0]
+        res = score_candidates(model, [prefix], [cands], tok.pad_token_id)[0]
         choice = constrained_choice(cands, res.token_logprobs)
         assert 0 <= choice < len(titles)
 
