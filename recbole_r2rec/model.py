@@ -12,6 +12,7 @@ from recbole.utils import InputType
 
 from recbole_r2rec import prompts
 from recbole_r2rec.chains import InteractionGraph
+from recbole_r2rec.config import ConfigError
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
 from recbole_r2rec.scoring import constrained_choice, continue_generation, generate, score_candidates
@@ -42,6 +43,10 @@ class R2Rec(SequentialRecommender):
         self.max_new_tokens = config["max_new_tokens"]
         self.constrained_answer = config["constrained_answer"]
         self.score_batch_users = config["score_batch_users"]
+        self.score_calibration = config["score_calibration"]
+        if self.score_calibration not in ("none", "item_prior"):
+            raise ConfigError(f"score_calibration must be 'none' or 'item_prior', not {self.score_calibration!r}")
+        self._prior = {}  # item -> its mean answer log-prob in a content-free prompt (item_prior)
         self.candidate_attributes = config["candidate_attributes"]
         self.titles, self.attributes = prompts.item_texts(
             dataset, list(config["item_text_fields"]), config["item_text_fallback_to_id"]
@@ -116,6 +121,39 @@ class R2Rec(SequentialRecommender):
         title that is a prefix of another does not score as the longer one)."""
         return self.encode(title) + self._close_head
 
+    def begin_evaluation(self) -> None:
+        """Forget what belongs to one evaluation: the recorded answers, and the item priors (the
+        weights may have changed since, e.g. after a training stage)."""
+        self.answers = []
+        self._prior = {}
+
+    @torch.no_grad()
+    def item_prior(self, items: list) -> dict:
+        """item -> mean log-prob of its answer tokens after a content-free prompt (the same template
+        with no history, evidence or candidates). `score_calibration: item_prior` subtracts it from the
+        score, so a title is not preferred for being predictable from its own first tokens or popular
+        with the LLM in general (domain-conditional PMI, Holtzman et al. 2021). Computed once per item
+        and evaluation, 20 items per packed row."""
+        missing = [i for i in dict.fromkeys(items) if i not in self._prior]
+        if missing:
+            context = self.encode(prompts.chat_prompt(self.tokenizer, prompts.user_message([], []))
+                                  + prompts.answer_prefix(None))
+            chunks = [missing[k:k + 20] for k in range(0, len(missing), 20)]
+            for rows in (chunks[k:k + self.score_batch_users] for k in range(0, len(chunks), self.score_batch_users)):
+                results = score_candidates(self.llm, [context] * len(rows),
+                                           [[self.answer_tokens(self.titles[i]) for i in row] for row in rows],
+                                           self.tokenizer.pad_token_id)
+                for row, res in zip(rows, results):
+                    self._prior.update(zip(row, res.mean))
+        return {i: self._prior[i] for i in items}
+
+    def calibrated(self, shown: list, means: list) -> list:
+        """The ranking scores of `shown` from their mean log-probs (see `item_prior`)."""
+        if self.score_calibration == "none":
+            return list(means)
+        prior = self.item_prior(shown)
+        return [m - prior[i] for i, m in zip(shown, means)]
+
     @torch.no_grad()
     def score_texts(self, prompt_texts: list, completions: list, titles: list) -> list:
         """Per (prompt, completion): the scores of its candidate titles given prompt + the completion's
@@ -152,6 +190,7 @@ class R2Rec(SequentialRecommender):
             results = score_candidates(self.llm, prefixes, cand_ids, self.tokenizer.pad_token_id)
         for query, completion, thought, cands, res in zip(queries, completions, thoughts, cand_ids, results):
             uid, _, history, shown = query
+            scores = self.calibrated(shown, res.mean)
             if self.constrained_answer:
                 choice = constrained_choice(cands, res.token_logprobs)
             elif self.generate_thoughts:
@@ -159,8 +198,8 @@ class R2Rec(SequentialRecommender):
             else:
                 choice = None
             self.answers.append({
-                "user": uid, "history": history, "candidates": shown, "scores": res.mean,
+                "user": uid, "history": history, "candidates": shown, "scores": scores,
                 "completion": completion, "thoughts": thought,
                 "answer_item": shown[choice] if choice is not None else None,
             })
-            yield query, dict(zip(shown, res.mean))
+            yield query, dict(zip(shown, scores))

@@ -108,8 +108,14 @@ def support_evidence(support: list, top: int) -> str:
     if not ranked:
         return "Evidence from other users: none of the candidates was chosen by users who share your items."
     lines = ["Evidence from other users (strongest first):"]
-    lines += [f"- {title}: {n} user{'s' if n > 1 else ''} who chose {via} also chose it" for title, n, via in ranked]
+    lines += [f"- {evidence_line(title, n, via)}" for title, n, via in ranked]
     return "\n".join(lines)
+
+
+def evidence_line(title: str, users: int, via: str) -> str:
+    """One line of chain evidence; SFT thoughts quote it verbatim, so the model learns to copy a line
+    of its prompt (easy) before it names its answer."""
+    return f"{title}: {users} user{'s' if users > 1 else ''} who chose {via} also chose it"
 
 
 def chat_prompt(tokenizer, message: str) -> str:

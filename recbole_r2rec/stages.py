@@ -16,7 +16,7 @@ import numpy as np
 from recbole_r2rec import prompts
 from recbole_r2rec.chains import Chain, ChainSampler, InteractionGraph
 from recbole_r2rec.protocol import candidate_order, draw_negatives
-from recbole_r2rec.thoughts import LEVELS, build_trace, well_formed
+from recbole_r2rec.thoughts import LEVELS, TRACE_FORMAT, build_trace, well_formed
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +139,9 @@ def stage_settings(config, stage: str) -> dict:
     SFT+RL run also depends on the SFT settings."""
     prefixes = ("lora_", "sft_") + (("rl_",) if stage == "rl" else ())
     keys = sorted(k for k in config.final_config_dict if k.startswith(prefixes) or k in _STAGE_KEYS)
-    return {k: config[k] if isinstance(config[k], (int, float, str, bool, type(None))) else str(config[k])
-            for k in keys}
+    settings = {k: config[k] if isinstance(config[k], (int, float, str, bool, type(None))) else str(config[k])
+                for k in keys}
+    return {**settings, "trace_format": TRACE_FORMAT}
 
 
 def load_finished_stage(model, config, stage: str) -> bool:

@@ -18,6 +18,7 @@ from recbole_r2rec.chains import Chain
 
 MASK = "[MASK]"
 LEVELS = (0, 1, 2)
+TRACE_FORMAT = 2  # bump when the text of traces changes: adapters trained on another format are refused
 
 
 @dataclass
@@ -42,14 +43,16 @@ class Trace:
 
 def chain_thoughts(chain: Chain, title, describe, support: int = 0) -> list:
     """One short thought per hop of the chain, grounded in the real items (the user's item with its
-    attributes; a neighbour described by what it chose, never named). Short on purpose: at inference
-    the model writes them token by token before every answer."""
+    attributes; a neighbour described by what it chose, never named). A chain the prompt's evidence
+    lists (`support` users) is quoted from that line first, then tied to the user's item: the candidate
+    is named where the model can copy it, not recalled. Short on purpose: at inference the model
+    writes them token by token before every answer."""
     i0, t = chain.items[0], chain.target
     neighbour = f"Another user who also chose {title(i0)}" + (f" and {title(chain.shared[0])}" if chain.shared else "")
+    if support:  # the chain is one the prompt's evidence lists: quote that line, then ground it in the history
+        return [f"1. {prompts.evidence_line(title(t), support, title(i0))}.", f"2. The user chose {describe(i0)}."]
     steps = [f"The user chose {describe(i0)}."]
-    if support:  # the chain is one the prompt's evidence lists: cite its strength
-        steps.append(f"{support} other user{'s' if support > 1 else ''} who chose {title(i0)} also chose {title(t)}.")
-    elif chain.hops == 2:
+    if chain.hops == 2:
         i1 = chain.items[1]
         steps += [f"{neighbour} chose {title(i1)}.", f"A user who chose {title(i1)} too went on to {title(t)}."]
     else:

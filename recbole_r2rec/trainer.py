@@ -102,7 +102,7 @@ class R2RecTrainer(Trainer):
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         # The stages keep the selected weights in memory; there is no RecBole checkpoint to reload.
-        self.model.answers = []
+        self.model.begin_evaluation()
         result = super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
         answers = self.model.answers
         if result is not None and answers and (self.model.generate_thoughts or self.model.constrained_answer):

@@ -99,6 +99,49 @@ def test_scores_follow_recbole_row_order(tiny_r2rec):
     assert abs(float(scores[row]) - naive) < 1e-4
 
 
+def test_item_prior_calibration_subtracts_each_titles_content_free_log_likelihood(tiny_r2rec):
+    """score_calibration: item_prior ranks by mean log p(title | prompt) - mean log p(title | the same
+    template with nothing in it), each term checked against a naive forward; the prior is recomputed
+    after the weights change (a new evaluation)."""
+    config, model, test = tiny_r2rec
+    interaction = test.collate_fn(np.arange(2))[0]
+    plain = model.predict(interaction)
+    model.score_calibration = "item_prior"
+    try:
+        model.begin_evaluation()
+        calibrated = model.predict(interaction)
+        answer = model.answers[0]
+        empty = model.encode(prompts.chat_prompt(model.tokenizer, prompts.user_message([], []))
+                             + prompts.answer_prefix(None))
+        for item in answer["candidates"][:3]:
+            row = [r for r in range(len(interaction)) if int(interaction["item_id"][r]) == item
+                   and int(interaction["user_id"][r]) == answer["user"]][0]
+            prior = score_naive(model.llm, empty, [model.answer_tokens(model.titles[item])])[0]
+            assert abs(float(calibrated[row]) - (float(plain[row]) - prior)) < 1e-4
+        assert not torch.equal(torch.argsort(plain), torch.argsort(calibrated))
+        first = dict(model._prior)
+        head = model.llm.get_output_embeddings().weight
+        saved = head.detach().clone()
+        with torch.no_grad():
+            head.mul_(1.5)
+        try:
+            model.begin_evaluation()
+            model.predict(interaction)
+            assert all(abs(model._prior[i] - first[i]) > 1e-6 for i in answer["candidates"])
+        finally:
+            with torch.no_grad():
+                head.copy_(saved)
+    finally:
+        model.score_calibration = "none"
+        model.begin_evaluation()
+
+
+def test_unknown_score_calibration_is_a_config_error(tiny_data_path, tiny_llm_path):
+    config, (train, _, _) = _r2rec("tiny", tiny_data_path, tiny_llm_path, score_calibration="pmi")
+    with pytest.raises(ConfigError, match="score_calibration must be 'none' or 'item_prior'"):
+        R2Rec(config, train._dataset)
+
+
 def test_prompt_order_does_not_depend_on_which_row_is_positive(tiny_r2rec):
     config, model, test = tiny_r2rec
     interaction = test.collate_fn(np.arange(1))[0]

@@ -47,6 +47,21 @@ def test_thoughts_are_grounded_one_per_hop_and_end_in_the_answer():
     assert long_t.thoughts.count(". ") > t.thoughts.count(". ")
 
 
+def test_a_chain_listed_in_the_evidence_is_quoted_verbatim_then_tied_to_the_history():
+    """With chain evidence, the thoughts first copy the prompt's evidence line of the target (the
+    candidate is named where the model can read it), then name the user's item it goes through."""
+    grounding = prompts.support_evidence([(title(6), 0, ""), (title(4), 3, title(3)), (title(7), 5, title(1)),
+                                          (title(2), 0, "")], top=5)
+    chain = Chain(user=9, target=4, items=(3,), neighbours=(12,))
+    t = build_trace(chain, 2, HISTORY, SHOWN, title, describe, title, grounding=grounding, support=3)
+    first, second = t.thoughts.split(" 2. ")
+    assert first == "1. Aliens: 3 users who chose Alien also chose it."
+    assert f"- {first[3:-1]}\n" in t.prompt + "\n"  # verbatim a line of the prompt
+    assert grounding.index("Babe") < grounding.index("Aliens")  # strongest first
+    assert second == "The user chose Alien (Sci-Fi)."
+    assert well_formed(t, [title(i) for i in SHOWN]) and t.answer == "Aliens"
+
+
 def test_every_trace_parses_to_its_target():
     for level in (0, 1, 2):
         t = trace(level)
