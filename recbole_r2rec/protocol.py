@@ -83,27 +83,44 @@ def candidate_order(seed: int, user_id: int, items) -> np.ndarray:
     return items[rng.permutation(len(items))]
 
 
-class FixedCandidateEvalDataLoader(NegSampleEvalDataLoader):
-    """RecBole's candidate-evaluation loader with candidates fixed once per (dataset, seed, phase)."""
+def positives_by_user(dataset) -> dict:
+    """user id -> the split's items of that user (its positives), users in ascending id order."""
+    users = dataset.inter_feat[dataset.uid_field].numpy()
+    items = dataset.inter_feat[dataset.iid_field].numpy()
+    positives: dict = {}
+    for k in np.argsort(users, kind="stable"):
+        positives.setdefault(int(users[k]), []).append(int(items[k]))
+    return positives
 
-    def __init__(self, config, dataset, sampler, seen: dict, probs: np.ndarray):
+
+def draw_candidates(seed: int, phase: str, positives: dict, seen: dict, negatives_per_positive: int,
+                    probs: np.ndarray) -> dict:
+    """user id -> its candidates (positives + negatives) in the order shown to the model, for every user
+    of the split. Drawn from a generator of (seed, phase) alone, excluding every item the user ever
+    interacted with, so the sets depend neither on the model (RecBole's samplers differ between general
+    and sequential ones) nor on which users an `eval_users` sample keeps (a user's candidates are the
+    same in a 100-user run as in the all-user run)."""
+    rng = np.random.default_rng([int(seed), _PHASE_STREAM[phase]])
+    candidates = {}
+    for uid in sorted(positives):
+        pos = np.asarray(positives[uid], dtype=np.int64)
+        used = seen.get(uid, set()) | set(pos.tolist())
+        negs = draw_negatives(rng, used, negatives_per_positive * len(pos), probs)
+        candidates[uid] = candidate_order(seed, uid, np.concatenate([pos, negs]))
+    return candidates
+
+
+class FixedCandidateEvalDataLoader(NegSampleEvalDataLoader):
+    """RecBole's candidate-evaluation loader with candidates fixed once per (dataset, seed, phase).
+    `population`: the whole split's positives (`positives_by_user`) when `dataset` is a sample of it,
+    so the sample's users get their all-user candidates."""
+
+    def __init__(self, config, dataset, sampler, seen: dict, probs: np.ndarray, population: dict | None = None):
         super().__init__(config, dataset, sampler, shuffle=False)
         self.phase = sampler.phase
-        self.candidates = self._draw_candidates(config["seed"], seen, probs)
-
-    def _draw_candidates(self, seed, seen: dict, probs: np.ndarray) -> dict:
-        """user id -> item ids of all its rows' candidates, in the order shown to the model. Drawn from
-        a generator of (seed, phase) alone, excluding every item the user ever interacted with, so the
-        sets do not depend on the model (RecBole's samplers differ between general and sequential)."""
-        positives = self._dataset.inter_feat[self._dataset.iid_field].numpy()
-        rng = np.random.default_rng([int(seed), _PHASE_STREAM[self.phase]])
-        candidates = {}
-        for uid in self.uid_list:
-            pos = positives[self.uid2index[uid]]
-            used = seen.get(int(uid), set()) | set(pos.tolist())
-            negs = draw_negatives(rng, used, self.neg_sample_num * len(pos), probs)
-            candidates[int(uid)] = candidate_order(seed, uid, np.concatenate([pos, negs]))
-        return candidates
+        everyone = draw_candidates(config["seed"], self.phase, population or positives_by_user(dataset), seen,
+                                   self.neg_sample_num, probs)
+        self.candidates = {int(uid): everyone[int(uid)] for uid in self.uid_list}
 
     def _neg_sampling(self, inter_feat):
         """Rows for one user: each of its candidates, in the fixed order, labelled 1 for positives."""
@@ -163,9 +180,10 @@ def prepare_data(config, dataset):
     train_data.seen_items = seen  # what R2Rec's training stages must never show as a negative
     loaders = [train_data]
     for phase, split, sampler in (("valid", valid_dataset, valid_sampler), ("test", test_dataset, test_sampler)):
+        population = positives_by_user(split)
         split = sample_eval_users(config, split, phase)
         if re.fullmatch(r"(uni|pop)\d+", candidate_mode(config, phase)):
-            loaders.append(FixedCandidateEvalDataLoader(config, split, sampler, seen, probs[phase]))
+            loaders.append(FixedCandidateEvalDataLoader(config, split, sampler, seen, probs[phase], population))
         else:
             loaders.append(get_dataloader(config, phase)(config, split, sampler, shuffle=False))
     return tuple(loaders)

@@ -99,6 +99,19 @@ def test_candidates_are_fixed_distinct_unseen_and_independent_of_global_rng(ml10
     assert interaction["item_id"][:20].tolist() == test.candidates[uid].tolist()
 
 
+def test_a_sampled_user_sees_the_same_candidates_as_in_the_all_user_run(ml100k):
+    """`eval_users`/`valid_users` samples keep each user's all-user candidates, so a quick LLM run on
+    100 users is paired with a classical run on all users, user by user."""
+    config, dataset, (_, valid, test) = ml100k
+    sampled = build_config("SASRec", "ml-100k", overrides={"state": "WARNING", "eval_users": 40, "valid_users": 15})
+    _, valid_s, test_s = prepare_data(sampled, create_dataset(sampled))
+    assert len(test_s.candidates) == 40 and len(valid_s.candidates) == 15
+    for small, full in ((valid_s, valid), (test_s, test)):
+        for uid, items in small.candidates.items():
+            assert np.array_equal(items, full.candidates[uid])
+    assert test_s.digest() != test.digest()  # a different set of users, hence another fingerprint
+
+
 def test_candidate_order_ignores_which_candidate_is_positive():
     items = [17, 3, 99, 42, 5]
     assert list(candidate_order(2020, 7, items)) == list(candidate_order(2020, 7, items[::-1]))
