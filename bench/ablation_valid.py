@@ -19,16 +19,18 @@ from pathlib import Path
 from recbole.data import create_dataset
 from recbole.utils import init_seed
 
-from recbole_r2rec.config import build_config, parse_value
+from recbole_r2rec.config import build_config
 from recbole_r2rec.leaderboard import mcnemar
 from recbole_r2rec.model import R2Rec
 from recbole_r2rec.protocol import prepare_data
 from recbole_r2rec.registry import get_trainer
+from recbole_r2rec.runner import parse_overrides
 from recbole_r2rec.stages import load_finished_stage
 
 
 def pairs(text: str) -> dict:
-    return {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in text.split(",") if kv)}
+    """`key=value,key=value` as config overrides, parsed as the runner parses `--key=value`."""
+    return parse_overrides([f"--{kv}" for kv in text.split(",") if kv])
 
 
 def main():

@@ -53,6 +53,9 @@ class R2Rec(SequentialRecommender):
         )
         self.llm, self.tokenizer = load_backbone(config["llm_path"], config["llm_dtype"], config["llm_device"])
         self._close_head = self.encode(prompts.ANSWER_CLOSE)[:1]
+        # the prompt template with nothing in it, then the answer prefix (the context of `item_prior`)
+        self._content_free = self.encode(prompts.chat_prompt(self.tokenizer, prompts.user_message([], []))
+                                         + prompts.answer_prefix(None))
         self.chain_evidence = config["chain_evidence"]
         self.evidence_items = config["evidence_items"]
         self.graph = InteractionGraph.from_training(dataset) if self.chain_evidence else None
@@ -135,16 +138,14 @@ class R2Rec(SequentialRecommender):
         with the LLM in general (domain-conditional PMI, Holtzman et al. 2021). Computed once per item
         and evaluation, 20 items per packed row."""
         missing = [i for i in dict.fromkeys(items) if i not in self._prior]
-        if missing:
-            context = self.encode(prompts.chat_prompt(self.tokenizer, prompts.user_message([], []))
-                                  + prompts.answer_prefix(None))
-            chunks = [missing[k:k + 20] for k in range(0, len(missing), 20)]
-            for rows in (chunks[k:k + self.score_batch_users] for k in range(0, len(chunks), self.score_batch_users)):
-                results = score_candidates(self.llm, [context] * len(rows),
-                                           [[self.answer_tokens(self.titles[i]) for i in row] for row in rows],
-                                           self.tokenizer.pad_token_id)
-                for row, res in zip(rows, results):
-                    self._prior.update(zip(row, res.mean))
+        rows = [missing[k:k + 20] for k in range(0, len(missing), 20)]
+        for s in range(0, len(rows), self.score_batch_users):
+            batch = rows[s:s + self.score_batch_users]
+            results = score_candidates(self.llm, [self._content_free] * len(batch),
+                                       [[self.answer_tokens(self.titles[i]) for i in row] for row in batch],
+                                       self.tokenizer.pad_token_id)
+            for row, res in zip(batch, results):
+                self._prior.update(zip(row, res.mean))
         return {i: self._prior[i] for i in items}
 
     def calibrated(self, shown: list, means: list) -> list:

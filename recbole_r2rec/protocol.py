@@ -180,12 +180,12 @@ def prepare_data(config, dataset):
     train_data.seen_items = seen  # what R2Rec's training stages must never show as a negative
     loaders = [train_data]
     for phase, split, sampler in (("valid", valid_dataset, valid_sampler), ("test", test_dataset, test_sampler)):
-        population = positives_by_user(split)
-        split = sample_eval_users(config, split, phase)
+        sample = sample_eval_users(config, split, phase)
         if re.fullmatch(r"(uni|pop)\d+", candidate_mode(config, phase)):
-            loaders.append(FixedCandidateEvalDataLoader(config, split, sampler, seen, probs[phase], population))
+            loaders.append(FixedCandidateEvalDataLoader(config, sample, sampler, seen, probs[phase],
+                                                        positives_by_user(split)))
         else:
-            loaders.append(get_dataloader(config, phase)(config, split, sampler, shuffle=False))
+            loaders.append(get_dataloader(config, phase)(config, sample, sampler, shuffle=False))
     return tuple(loaders)
 
 
