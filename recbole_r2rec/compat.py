@@ -84,6 +84,17 @@ def disable_import_time_anomaly_detection() -> None:
     torch.autograd.set_detect_anomaly(False)
 
 
+def restore_dok_private_update() -> None:
+    """scipy >= 1.12 dropped `dok_matrix._update`, which RecBole's graph models (LightGCN, NGCF,
+    SGL's NCL, GCMC, SpectralCF, KGIN, MCCLK) call to fill their adjacency matrix in one go:
+    they fail with `AttributeError: 'dok_matrix' object has no attribute '_update'`. RecBole's keys
+    are valid (row, col) pairs by construction, so the unchecked bulk update of old scipy is restored."""
+    from scipy.sparse import dok_matrix
+
+    if not hasattr(dok_matrix, "_update"):
+        dok_matrix._update = lambda self, data: self._dict.update(data)
+
+
 def quiet_known_warnings() -> None:
     """RecBole 1.2.1 triggers pandas 2.x and torch deprecation warnings on every run (chained
     `fillna(inplace=True)`, `torch.cuda.amp.GradScaler`); they are harmless with the pinned versions
@@ -101,5 +112,6 @@ def apply() -> None:
     restore_numpy_aliases()
     quiet_known_warnings()
     trust_recbole_checkpoints()
+    restore_dok_private_update()
     disable_import_time_anomaly_detection()
     _APPLIED = True

@@ -60,3 +60,26 @@ def test_recbole_sequential_import_leaves_anomaly_detection_off():
     get_model("SINE")  # the module that switches anomaly detection on at import
     get_model("SASRec")
     assert not torch.is_anomaly_enabled()
+
+
+def test_lightgcn_builds_its_graph_with_todays_scipy(tiny_data_path, in_tmp):
+    """RecBole's graph models fill a dok_matrix through `_update`, which scipy >= 1.12 removed."""
+    from recbole.data import create_dataset
+
+    from conftest import tiny
+    from recbole_r2rec.protocol import prepare_data
+    from recbole_r2rec.registry import get_model
+
+    config = build_config("LightGCN", "tiny", overrides=tiny(data_path=tiny_data_path))
+    train, _, _ = prepare_data(config, create_dataset(config))
+    model = get_model("LightGCN")(config, train._dataset)
+    adj = model.norm_adj_matrix.to_dense()
+    users, items = train._dataset.inter_feat["user_id"], train._dataset.inter_feat["item_id"]
+    n_users = model.n_users
+    # D^-1/2 A D^-1/2 of the bipartite training graph, entry by entry for one interaction
+    u, i = int(users[0]), int(items[0])
+    deg_u = int((users == u).sum())
+    deg_i = int((items == i).sum())
+    assert adj[u, n_users + i].item() == pytest.approx((deg_u * deg_i) ** -0.5, rel=1e-5)
+    assert adj[u, n_users + i] == adj[n_users + i, u]
+    assert int((adj != 0).sum()) == 2 * len(set(zip(users.tolist(), items.tolist())))
