@@ -251,7 +251,8 @@ def report(folder: Path, rows=None, datasets=None, seeds=None) -> dict:
         raise FileNotFoundError(f"no finished cell under {folder / 'cells'}")
     long = long_table(results)
     summ = summary(long)
-    comps = [c for d in sorted(summ.dataset.unique()) for c in comparisons(results, summ, d)]
+    trained = [m for m in sorted(summ.model.unique()) if m.split("-")[0] in LLM_MODELS and m != "R2Rec-zs"]
+    comps = [c for d in sorted(summ.dataset.unique()) for row in trained for c in comparisons(results, summ, d, row)]
     long.to_csv(folder / "leaderboard.csv", index=False)
     (folder / "leaderboard.json").write_text(json.dumps(
         {"rows": long.to_dict(orient="records"), "comparisons": comps, "failed_cells": failures}, indent=1))

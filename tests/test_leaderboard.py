@@ -76,6 +76,19 @@ def test_report_writes_the_four_outputs_with_best_marked(board):
     assert out["failures"] == []
 
 
+def test_every_trained_llm_row_is_compared_not_only_the_full_method(board):
+    # An SFT-only row gets its own gains and paired tests. It ran seed 1 only (Hit@1 0.5); the best
+    # classical mean is SASRec's over both seeds (0.375). Zero-shot seed 1 hits nobody.
+    _cell(board, "R2Rec-sft", "ml-100k", 1, 0.5, [1, 1, 2, 3])
+    comps = lb.report(board)["comparisons"]
+    sft = {c["versus"]: c for c in comps if c["row"] == "R2Rec-sft"}
+    assert sft["best classical"]["relative_gain"] == pytest.approx((0.5 - 0.375) / 0.375)
+    assert sft["zero-shot LLM"]["test"]["pairs"] == 4  # paired on seed 1 only
+    assert (sft["zero-shot LLM"]["test"]["only_a"], sft["zero-shot LLM"]["test"]["only_b"]) == (2, 0)
+    assert {c["row"] for c in comps} == {"R2Rec", "R2Rec-sft"}
+    assert "R2Rec-sft vs best classical (SASRec)" in (board / "leaderboard.md").read_text()
+
+
 def test_rerun_skips_finished_cells_and_a_failing_cell_does_not_stop_the_grid(tmp_path):
     calls = []
 
