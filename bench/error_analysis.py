@@ -23,7 +23,7 @@ from recbole_r2rec.config import build_config
 from recbole_r2rec.protocol import prepare_data
 
 
-def user_facts(dataset: str, seed: int, history_len: int, evidence_items: int) -> pd.DataFrame:
+def user_facts(dataset: str, seed: int, history_len: int, evidence_items: int, signal: str) -> pd.DataFrame:
     """Per test user: history length (training interactions), target popularity (training interactions), and the target's
     place in the chain evidence (1 = strongest chain, 0 = not listed among the top `evidence_items`)."""
     config = build_config("SASRec", dataset, overrides={"seed": seed, "show_progress": False})
@@ -37,8 +37,8 @@ def user_facts(dataset: str, seed: int, history_len: int, evidence_items: int) -
         length = int(inter["item_length"][k])
         history = prompts.history_ids(inter["item_id_list"][k].numpy(), length, history_len)
         shown = test.candidates[user]
-        counts = [n for n, _ in graph.candidate_support(user, history, shown)]
-        listed = [shown[j] for j in prompts.strongest(counts, evidence_items)]
+        strength = graph.chain_strength(user, history, shown, signal)
+        listed = [shown[j] for j in prompts.strongest(list(strength), evidence_items)]
         rows.append({"user": str(user), "history_len": len(graph.items_of(user)), "target_popularity": int(popularity[target]),
                      "evidence_place": listed.index(target) + 1 if target in listed else 0})
     return pd.DataFrame(rows).set_index("user")
@@ -52,10 +52,11 @@ def main():
     parser.add_argument("--cells", type=Path, default=Path("results/leaderboard/cells"))
     parser.add_argument("--history_len", type=int, default=10, help="R2Rec's history_len (evidence source)")
     parser.add_argument("--evidence_items", type=int, default=5)
+    parser.add_argument("--evidence_signal", default="max_cochoosers", help="R2Rec's evidence_signal")
     parser.add_argument("--out", type=Path, required=True, help="Markdown report (a .json beside it)")
     args = parser.parse_args()
 
-    facts = user_facts(args.dataset, args.seed, args.history_len, args.evidence_items)
+    facts = user_facts(args.dataset, args.seed, args.history_len, args.evidence_items, args.evidence_signal)
     rows = []
     for row in args.rows.split(","):
         path = args.cells / f"{row}-{args.dataset}-seed{args.seed}.json"
@@ -69,7 +70,7 @@ def main():
     sections = [f"# Test Hit@1 by user group: {args.dataset}, seed {args.seed}", "",
                 f"{len(facts)} test users; Hit@1 per group (users evaluated by each row), from the leaderboard "
                 f"cells' per-user ranks. Evidence: the {args.evidence_items} candidates with the strongest "
-                f"chain through the last {args.history_len} items (R2Rec's prompt).", ""]
+                f"chains through the last {args.history_len} items ({args.evidence_signal}, as R2Rec's prompt lists them).", ""]
     report = {}
     for group in ("history", "target popularity", "target in evidence"):
         table = facts.groupby(group, observed=True).agg(users=("history_len", "size"),

@@ -2,11 +2,9 @@
 the training graph alone (no LLM), on *validation* users, so that the evidence R2Rec's prompt lists is
 chosen on validation, never on test.
 
-Signals, per candidate c, over the user's last `history_len` items i0 (R2Rec's prompt history):
-- `max_cochoosers`: max over i0 of the users who chose both i0 and c (R2Rec's current evidence)
-- `sum_cochoosers`: the sum of the same counts over i0 (every chain through the history, not the best one)
-- `sum_cosine`: sum over i0 of cosine(i0, c) on the item-user matrix (chains normalised by popularity)
-- `popularity`: users who chose c (no chain at all)
+Signals, per candidate c, over the user's last `history_len` items i0 (R2Rec's prompt history): the
+`evidence_signal`s of `InteractionGraph.chain_strength` (max_cochoosers, R2Rec's default evidence;
+sum_cochoosers; sum_cosine), and `popularity` (users who chose c: no chain at all) for reference.
 
     .venv/bin/python bench/evidence_signals.py --dataset ml-100k --out results/analysis/evidence_signals-ml-100k.json
 """
@@ -20,22 +18,15 @@ import numpy as np
 from recbole.data import create_dataset
 
 from recbole_r2rec import prompts
-from recbole_r2rec.chains import InteractionGraph
+from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph
 from recbole_r2rec.config import build_config
 from recbole_r2rec.protocol import prepare_data
 
 
 def signals(graph: InteractionGraph, user: int, history: list, shown: list) -> dict:
-    hist = np.array([i for i in history if i], dtype=np.int64)
-    cands = np.asarray(shown, dtype=np.int64)
-    by_item = graph.by_item  # item x user, training interactions
-    popularity = np.asarray(by_item[cands].sum(axis=1)).ravel().astype(float)
-    co = (by_item[hist] @ by_item[cands].T).toarray().astype(float)  # [H, C] users who chose both
-    mine = graph.matrix[user].toarray().ravel()
-    co -= np.outer(mine[hist], mine[cands])  # the user's own choices never count
-    norm = np.sqrt(np.outer(np.asarray(by_item[hist].sum(axis=1)).ravel(), popularity)) + 1e-9
-    return {"max_cochoosers": co.max(axis=0), "sum_cochoosers": co.sum(axis=0),
-            "sum_cosine": (co / norm).sum(axis=0), "popularity": popularity}
+    out = {name: graph.chain_strength(user, history, shown, name) for name in EVIDENCE_SIGNALS}
+    out["popularity"] = graph.popularity[np.asarray(shown, dtype=np.int64)].astype(float)
+    return out
 
 
 def main():

@@ -32,6 +32,9 @@ class Chain:
         return len(self.neighbours)
 
 
+EVIDENCE_SIGNALS = ("max_cochoosers", "sum_cochoosers", "sum_cosine")
+
+
 class InteractionGraph:
     """Users x items of the training split, indexed once (sparse), with co-interaction counts."""
 
@@ -41,6 +44,7 @@ class InteractionGraph:
         self.matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(n_users, n_items))
         self.by_item = self.matrix.T.tocsr()
         self.co = (self.matrix @ self.matrix.T).tocsr()  # co[u, v] = items u and v share
+        self.popularity = np.asarray(self.by_item.sum(axis=1)).ravel()  # users per item
         self.held_out = held_out or {}
 
     @classmethod
@@ -71,16 +75,43 @@ class InteractionGraph:
         """Per candidate c, the strongest real chain u0 -> i0 -> u1 -> c through the history: (number of
         other users who chose both i0 and c, i0), maximised over i0 in `history`; (0, None) if none.
         The user's own interactions never count (at training time u0 chose the target itself)."""
+        co, hist = self._cochoosers(user, history, candidates)
+        if co is None:
+            return [(0, None)] * len(candidates)
+        best = co.argmax(axis=0)
+        counts = co[best, np.arange(co.shape[1])]
+        return [(int(n), int(hist[b]) if n > 0 else None) for n, b in zip(counts, best)]
+
+    def chain_strength(self, user: int, history, candidates, signal: str = "max_cochoosers") -> np.ndarray:
+        """Per candidate, how strongly chains through the history lead to it (what the evidence is
+        ranked by; 0 = no chain): `max_cochoosers`, the co-choosers of its best chain (the count the
+        evidence line shows); `sum_cochoosers`, summed over the history items; `sum_cosine`, the cosine of
+        each history item and the candidate over users, summed (chains normalised by popularity, so a
+        blockbuster every user chose is not the strongest chain of everyone). Again without the user."""
+        if signal not in EVIDENCE_SIGNALS:
+            raise ValueError(f"unknown evidence signal {signal!r}; known: {list(EVIDENCE_SIGNALS)}")
+        co, hist = self._cochoosers(user, history, candidates)
+        if co is None:
+            return np.zeros(len(candidates))
+        if signal == "max_cochoosers":
+            return co.max(axis=0).astype(float)
+        if signal == "sum_cochoosers":
+            return co.sum(axis=0).astype(float)
+        mine = self.matrix[user].toarray().ravel()
+        pop_h = self.popularity[hist] - mine[hist]
+        pop_c = self.popularity[np.asarray(candidates, dtype=np.int64)] - mine[np.asarray(candidates, dtype=np.int64)]
+        return (co / np.sqrt(np.maximum(np.outer(pop_h, pop_c), 1))).sum(axis=0)
+
+    def _cochoosers(self, user: int, history, candidates) -> tuple:
+        """([H, C] other users who chose both history item h and candidate c, the history ids), or None."""
         hist = np.array([i for i in history if i], dtype=np.int64)
         cands = np.asarray(candidates, dtype=np.int64)
         if not len(hist) or not len(cands):
-            return [(0, None)] * len(cands)
+            return None, hist
         co = (self.by_item[hist] @ self.by_item[cands].T).toarray()  # [H, C]
         mine = self.matrix[user].toarray().ravel()
         co -= np.outer(mine[hist], mine[cands])
-        best = co.argmax(axis=0)
-        counts = co[best, np.arange(len(cands))]
-        return [(int(n), int(hist[b]) if n > 0 else None) for n, b in zip(counts, best)]
+        return co, hist
 
     def shared_count(self, user: int, others: np.ndarray) -> np.ndarray:
         return np.asarray(self.co[user, others].todense()).ravel() if len(others) else np.zeros(0)

@@ -11,7 +11,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_r2rec import prompts
-from recbole_r2rec.chains import InteractionGraph
+from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph
 from recbole_r2rec.config import ConfigError
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
@@ -33,6 +33,9 @@ class R2Rec(SequentialRecommender):
                     "meaningful for it. Use the shared candidate protocol: "
                     "eval_args: {mode: {valid: uni19, test: uni19}} (properties/overall.yaml)."
                 )
+        if config["evidence_signal"] not in EVIDENCE_SIGNALS:
+            raise ConfigError(f"evidence_signal must be one of {list(EVIDENCE_SIGNALS)}, "
+                              f"not {config['evidence_signal']!r}")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -58,6 +61,7 @@ class R2Rec(SequentialRecommender):
                                          + prompts.answer_prefix(None))
         self.chain_evidence = config["chain_evidence"]
         self.evidence_items = config["evidence_items"]
+        self.evidence_signal = config["evidence_signal"]
         self.graph = InteractionGraph.from_training(dataset) if self.chain_evidence else None
         self.answers = []  # per evaluated user: what the model answered (for ValidRatio, --explain)
 
@@ -68,15 +72,20 @@ class R2Rec(SequentialRecommender):
     def candidate_text(self, item: int) -> str:
         return self.describe(item) if self.candidate_attributes else self.titles[item]
 
-    def grounding(self, user: int, history: list, shown: list, support: list | None = None) -> str:
+    def grounding(self, user: int, history: list, shown: list, support: list | None = None, strength=None) -> str:
         """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains
-        from the user's history in the training graph, so the model reasons over real interactions
-        instead of recalling them. Empty when off. `support`: `graph.candidate_support` if known."""
+        from the user's history in the training graph (ranked by `evidence_signal`), so the model reasons
+        over real interactions instead of recalling them. Empty when off. `support`/`strength`:
+        `graph.candidate_support`/`evidence_strength` if known."""
         if not self.chain_evidence:
             return ""
         support = support or self.graph.candidate_support(user, history, shown)
+        strength = self.evidence_strength(user, history, shown) if strength is None else strength
         return prompts.support_evidence([(self.titles[c], n, self.titles[via] if via else "")
-                                         for c, (n, via) in zip(shown, support)], self.evidence_items)
+                                         for c, (n, via) in zip(shown, support)], self.evidence_items, strength)
+
+    def evidence_strength(self, user: int, history: list, shown: list):
+        return self.graph.chain_strength(user, history, shown, self.evidence_signal)
 
     def prompt_text(self, history: list, shown: list, user: int = 0, context: str = "") -> str:
         context = "\n\n".join(p for p in (self.grounding(user, history, shown), context) if p)

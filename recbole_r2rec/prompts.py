@@ -100,11 +100,12 @@ def strongest(counts: list, top: int) -> list:
     return sorted((k for k, n in enumerate(counts) if n > 0), key=lambda k: -counts[k])[:top]
 
 
-def support_evidence(support: list, top: int) -> str:
+def support_evidence(support: list, top: int, strength=None) -> str:
     """Chain-grounded evidence for the prompt: the `top` candidates with the strongest real chains
     through the user's history, strongest first (ties keep the display order). support: per shown
-    candidate (title, users, via title)."""
-    ranked = [support[k] for k in strongest([n for _, n, _ in support], top)]
+    candidate (title, users, via title); `strength`: per candidate, what to rank by (default: users)."""
+    strength = [n for _, n, _ in support] if strength is None else list(strength)
+    ranked = [support[k] for k in strongest(strength, top)]
     if not ranked:
         return "Evidence from other users: none of the candidates was chosen by users who share your items."
     lines = ["Evidence from other users (strongest first):"]

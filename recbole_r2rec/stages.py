@@ -49,13 +49,13 @@ def training_candidates(config, graph: InteractionGraph, probs, user: int, targe
     return [int(i) for i in candidate_order(config["seed"], user * 1_000_003 + k, [target, *negatives])]
 
 
-def evidence_chain(model, graph: InteractionGraph, chain: Chain, shown, support: list) -> tuple:
+def evidence_chain(model, graph: InteractionGraph, chain: Chain, shown, support: list, strength) -> tuple:
     """With `chain_evidence`, a target the prompt's evidence lists is reasoned through that listed
     chain (i0 = its history item, u1 = one of its users), so the thoughts cite what the prompt shows;
     returns (chain, its support count). Otherwise the sampled chain, 0."""
     if not model.chain_evidence:
         return chain, 0
-    ranked = prompts.strongest([n for n, _ in support], model.evidence_items)
+    ranked = prompts.strongest(list(strength), model.evidence_items)
     k = shown.index(chain.target)
     if k not in ranked:
         return chain, 0
@@ -81,11 +81,14 @@ def build_traces(model, train_dataset, graph: InteractionGraph, config) -> list:
         history = prompts.history_ids(inter[seq][row].numpy(), int(inter[length][row]), model.history_len)
         for chain in sampler.sample(user, history, target):
             shown = training_candidates(config, graph, probs, user, target, k)
-            support = model.graph.candidate_support(user, history, shown) if model.chain_evidence else None
-            chain, strength = evidence_chain(model, graph, chain, shown, support)
+            support = strength = None
+            if model.chain_evidence:
+                support = model.graph.candidate_support(user, history, shown)
+                strength = model.evidence_strength(user, history, shown)
+            chain, users = evidence_chain(model, graph, chain, shown, support, strength)
             trace = build_trace(chain, levels[k % len(levels)], history, shown, model.titles.__getitem__,
                                 model.describe, model.candidate_text,
-                                model.grounding(user, history, shown, support), strength)
+                                model.grounding(user, history, shown, support, strength), users)
             k += 1
             if well_formed(trace, [model.titles[i] for i in shown]):
                 traces.append(trace)
@@ -131,7 +134,11 @@ def _common_args(model, config, out: Path, prefix: str) -> dict:
 
 
 _STAGE_KEYS = ("llm_path", "history_len", "candidate_attributes", "item_text_fields", "chain_evidence",
-               "evidence_items", "chains_per_example", "min_shared_items", "long_chains", "max_new_tokens")
+               "evidence_items", "evidence_signal", "chains_per_example", "min_shared_items", "long_chains",
+               "max_new_tokens")
+# Settings added after stages were first saved, with the behaviour those stages had: a saved stage
+# without the key matches a run that sets it to this value.
+_SETTINGS_BEFORE_THEY_EXISTED = {"evidence_signal": "max_cochoosers"}
 
 
 def stage_settings(config, stage: str) -> dict:
@@ -157,6 +164,7 @@ def load_finished_stage(model, config, stage: str) -> bool:
     saved = final / "stage_settings.json"
     if saved.is_file():
         old, new = json.loads(saved.read_text()), stage_settings(config, stage)
+        old = {**{k: v for k, v in _SETTINGS_BEFORE_THEY_EXISTED.items() if k in new}, **old}
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
             raise ConfigError(f"the finished {stage} stage in {final.parent} was trained with other settings "

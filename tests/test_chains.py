@@ -1,5 +1,8 @@
 """Chain sampler on a hand-made graph: closure, no held-out item, neighbour pool, determinism."""
 
+import numpy as np
+import pytest
+
 from recbole_r2rec.chains import ChainSampler, InteractionGraph
 
 # users 1..5, items 1..9. u1 is the example user: history [1, 2, 3], target 4.
@@ -101,3 +104,20 @@ def test_candidate_support_counts_other_users_chains_through_the_history():
     g2 = InteractionGraph({k: v for k, v in TRAIN.items() if k != 2}, n_users=6, n_items=10)
     assert g2.candidate_support(1, [1, 2, 3], [4]) == [(1, 3)]
     assert g.candidate_support(1, [], [4]) == [(0, None)]
+
+
+def test_chain_strength_signals_computed_by_hand():
+    g = graph()
+    # u1, history [1, 2, 3], candidates 4 (target), 7, 5. Other users' choices (u1 never counts):
+    # co-choosers of (1,4): u2; (2,4): u2; (3,4): u3 -> max 1, sum 3. (1,7): u2; (2,7): u2 -> max 1, sum 2.
+    hist, cands = [1, 2, 3], [4, 7, 5]
+    assert g.chain_strength(1, hist, cands, "max_cochoosers").tolist() == [1, 1, 0]
+    assert g.chain_strength(1, hist, cands, "sum_cochoosers").tolist() == [3, 2, 0]
+    # cosine without u1: popularity of 1 -> 1 (u2), 2 -> 1 (u2), 3 -> 1 (u3), 4 -> 4 (u2..u5), 7 -> 2 (u2, u5)
+    cos = g.chain_strength(1, hist, cands, "sum_cosine")
+    assert cos[0] == pytest.approx(3 / np.sqrt(1 * 4))
+    assert cos[1] == pytest.approx(2 / np.sqrt(1 * 2))
+    assert cos[2] == 0
+    assert g.chain_strength(1, [], cands, "sum_cosine").tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="unknown evidence signal 'pmi'"):
+        g.chain_strength(1, hist, cands, "pmi")

@@ -142,6 +142,12 @@ def test_unknown_score_calibration_is_a_config_error(tiny_data_path, tiny_llm_pa
         R2Rec(config, train._dataset)
 
 
+def test_unknown_evidence_signal_is_refused_before_any_data_is_loaded(tiny_data_path, tiny_llm_path, in_tmp):
+    with pytest.raises(ConfigError, match=r"evidence_signal must be one of \['max_cochoosers', 'sum_cochoosers', "
+                                          r"'sum_cosine'\], not 'cosine'"):
+        run("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path, evidence_signal="cosine"))
+
+
 def test_prompt_order_does_not_depend_on_which_row_is_positive(tiny_r2rec):
     config, model, test = tiny_r2rec
     interaction = test.collate_fn(np.arange(1))[0]

@@ -1,4 +1,6 @@
 """The RL stage: reward functions on hand-written completions, and GRPO steps inside the R2Rec trainer."""
+import json
+
 import pytest
 
 from conftest import tiny
@@ -95,3 +97,18 @@ def test_a_finished_stage_trained_with_other_settings_is_refused(tiny_data_path,
     run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="sft"))
     with pytest.raises(ConfigError, match="sft_learning_rate"):
         run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="sft", sft_learning_rate=1e-3))
+
+
+def test_a_stage_saved_before_a_setting_existed_matches_only_that_settings_old_behaviour(tiny_data_path,
+                                                                                        tiny_llm_path, in_tmp):
+    """evidence_signal came after SFT adapters were saved without it: such an adapter was made with
+    max_cochoosers, so it loads for that value and is refused for another."""
+    run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="sft"))
+    [saved] = in_tmp.glob("**/sft/final/stage_settings.json")
+    settings = json.loads(saved.read_text())
+    assert settings.pop("evidence_signal") == "max_cochoosers"
+    saved.write_text(json.dumps(settings))
+    run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="sft"))  # loads
+    with pytest.raises(ConfigError, match="evidence_signal: 'max_cochoosers' -> 'sum_cosine'"):
+        run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="sft",
+                                                  evidence_signal="sum_cosine"))

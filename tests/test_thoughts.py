@@ -77,3 +77,14 @@ def test_target_must_be_a_candidate_and_level_must_exist():
         build_trace(Chain(9, 5, (3,), (12,)), 2, HISTORY, SHOWN, title, describe, title)
     with pytest.raises(ValueError, match="level"):
         trace(3)
+
+
+def test_evidence_is_ranked_by_the_given_strength_and_lists_only_candidates_with_a_chain():
+    support = [(title(6), 0, ""), (title(4), 3, title(3)), (title(7), 5, title(1)), (title(2), 1, title(1))]
+    by_users = prompts.support_evidence(support, top=5)
+    assert by_users.index("Babe") < by_users.index("Aliens") < by_users.index(title(2))
+    # e.g. sum_cosine: the line with fewer co-choosers can be the strongest chain; no chain, not listed
+    by_cosine = prompts.support_evidence(support, top=2, strength=[0.0, 0.9, 0.2, 0.5])
+    lines = by_cosine.splitlines()[1:]
+    assert lines == ["- Aliens: 3 users who chose Alien also chose it",
+                     f"- {title(2)}: 1 user who chose {title(1)} also chose it"]
