@@ -1,5 +1,5 @@
-"""Readable reasoning (`--explain=N`): for N sampled test users, the history, every candidate with its
-score and rank, the generated thoughts, the answer and the truth, as a self-contained HTML page and as
+"""Readable reasoning (`--explain=N`): for N sampled test users, the history, the chain evidence the
+prompt listed, every candidate with its score and rank, the generated thoughts, the answer and the truth, as a self-contained HTML page and as
 Markdown, so a person can judge whether the reasoning is grounded in the user's items."""
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ h2 { font-size: 1.1rem; margin: 0 0 .6rem; } .hit { color: #176b2c; } .miss { co
 .thoughts { background: #f6f6f0; padding: .6rem .8rem; border-left: 4px solid #b8a040; white-space: pre-wrap; }
 table { border-collapse: collapse; font-size: .9rem; } td, th { padding: .15rem .6rem; text-align: left; }
 tr.truth td { font-weight: bold; } tr.answer td:first-child::after { content: " \\2190 answer"; color: #555; }
-.grounded { background: #e3f1e6; } small { color: #666; }
+.grounded { background: #e3f1e6; }
+.evidence { background: #eef3fa; padding: .6rem .8rem; border-left: 4px solid #4a78b0; white-space: pre-wrap; } small { color: #666; }
 </style></head><body>
 <h1>R2Rec reasoning on {{ dataset }}</h1>
 <p>{{ summary }}</p>
@@ -26,7 +27,9 @@ tr.truth td { font-weight: bold; } tr.answer td:first-child::after { content: " 
 <h2>User {{ u.user }}: <span class="{{ 'hit' if u.rank == 1 else 'miss' }}">truth ranked {{ u.rank }} of {{ u.candidates|length }}</span>; answer {{ 'names the truth' if u.answer_is_truth else ('names ' ~ u.answer
 if u.answer else 'is invalid') }}</h2>
 <p><b>History</b> (oldest first): {{ u.history|join('; ') }}</p>
-<p><b>Thoughts</b> <small>(highlighted: items of the user's history or candidates named in them)</small></p>
+{% if u.evidence %}<p><b>Evidence in the prompt</b> <small>(real chains of the training graph)</small></p>
+<div class="evidence">{{ u.evidence }}</div>
+{% endif %}<p><b>Thoughts</b> <small>(highlighted: items of the user's history or candidates named in them)</small></p>
 <div class="thoughts">{{ u.thoughts_html|safe }}</div>
 <p><b>Completion</b>: <code>{{ u.completion }}</code></p>
 <table><tr><th>candidate</th><th>score</th><th>rank <small>(= tied)</small></th></tr>
@@ -44,7 +47,8 @@ MARKDOWN = """# R2Rec reasoning on {{ dataset }}
 ## User {{ u.user }}: truth ranked {{ u.rank }} of {{ u.candidates|length }}
 
 - History (oldest first): {{ u.history|join('; ') }}
-- Thoughts: {{ u.thoughts or '(none)' }}
+{% if u.evidence %}- Evidence in the prompt: {{ u.evidence|replace('\n', ' ') }}
+{% endif %}- Thoughts: {{ u.thoughts or '(none)' }}
 - Answer: {{ u.answer or '(invalid)' }}; truth: {{ u.truth }}
 
 | candidate | score | rank |
@@ -82,6 +86,7 @@ def explain_users(answers: list, truth: dict, titles, n: int, seed: int, ranks: 
         views.append({
             "user": a["user"], "history": [titles[i] for i in a["history"]], "candidates": cands,
             "thoughts": a["thoughts"], "thoughts_html": _highlight(a["thoughts"], named),
+            "evidence": a.get("evidence", ""),
             "completion": a["completion"], "truth": titles[truth[a["user"]]],
             "answer": titles[a["answer_item"]] if a["answer_item"] is not None else None,
             "answer_is_truth": a["answer_item"] == truth[a["user"]],

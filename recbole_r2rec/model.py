@@ -87,8 +87,10 @@ class R2Rec(SequentialRecommender):
     def evidence_strength(self, user: int, history: list, shown: list):
         return self.graph.chain_strength(user, history, shown, self.evidence_signal)
 
-    def prompt_text(self, history: list, shown: list, user: int = 0, context: str = "") -> str:
-        context = "\n\n".join(p for p in (self.grounding(user, history, shown), context) if p)
+    def prompt_text(self, history: list, shown: list, user: int = 0, context: str = "", evidence=None) -> str:
+        """The chat prompt; `evidence`: this user's `grounding` if already computed."""
+        evidence = self.grounding(user, history, shown) if evidence is None else evidence
+        context = "\n\n".join(p for p in (evidence, context) if p)
         message = prompts.user_message([self.describe(i) for i in history], [self.candidate_text(i) for i in shown],
                                        context)
         return prompts.chat_prompt(self.tokenizer, message)
@@ -182,7 +184,9 @@ class R2Rec(SequentialRecommender):
     def score_users(self, queries):
         """For a batch of (uid, rows, history, shown): generate thoughts/answers (optionally), score
         every shown candidate given prompt + thoughts, record the answers. Yields (query, {item: score})."""
-        prompt_ids = [self.encode(self.prompt_text(h, shown, uid)) for uid, _, h, shown in queries]
+        evidence = [self.grounding(uid, h, shown) for uid, _, h, shown in queries]
+        prompt_ids = [self.encode(self.prompt_text(h, shown, uid, evidence=ev))
+                      for (uid, _, h, shown), ev in zip(queries, evidence)]
         cand_ids = [[self.answer_tokens(self.titles[i]) for i in shown] for *_, shown in queries]
         thoughts = [None] * len(queries)
         completions = [""] * len(queries)
@@ -198,7 +202,8 @@ class R2Rec(SequentialRecommender):
         else:
             prefixes = [p + self.encode(prompts.answer_prefix(None)) for p in prompt_ids]
             results = score_candidates(self.llm, prefixes, cand_ids, self.tokenizer.pad_token_id)
-        for query, completion, thought, cands, res in zip(queries, completions, thoughts, cand_ids, results):
+        for query, completion, thought, cands, res, ev in zip(queries, completions, thoughts, cand_ids, results,
+                                                              evidence):
             uid, _, history, shown = query
             scores = self.calibrated(shown, res.mean)
             if self.constrained_answer:
@@ -209,7 +214,7 @@ class R2Rec(SequentialRecommender):
                 choice = None
             self.answers.append({
                 "user": uid, "history": history, "candidates": shown, "scores": scores,
-                "completion": completion, "thoughts": thought,
+                "completion": completion, "thoughts": thought, "evidence": ev,
                 "answer_item": shown[choice] if choice is not None else None,
             })
             yield query, dict(zip(shown, scores))

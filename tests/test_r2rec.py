@@ -349,6 +349,8 @@ def test_explain_writes_readable_reasoning_for_sampled_test_users(tiny_data_path
     md = (in_tmp / "why" / "explain.md").read_text()
     assert page.count("<section>") == 3 and md.count("## User") == 3
     assert page.count("(truth)") == 3 and "History" in page and "Thoughts" in page
+    # the chain evidence the model read is shown, so a reader can check the thoughts against it
+    assert page.count("Evidence in the prompt") == 3 and md.count("- Evidence in the prompt: Evidence from") == 3
     # the ranks shown agree with the run's test Hit@1 for these users (scores come from the same pass)
     ranks = [int(r) for r in re.findall(r"truth ranked (\d+) of\s+20", page)]
     assert len(ranks) == 3 and all(1 <= r <= 20 for r in ranks)
