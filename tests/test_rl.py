@@ -103,12 +103,12 @@ def test_a_stage_saved_before_a_setting_existed_matches_only_that_settings_old_b
                                                                                         tiny_llm_path, in_tmp):
     """evidence_signal came after SFT adapters were saved without it: such an adapter was made with
     max_cochoosers, so it loads for that value and is refused for another."""
-    run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="sft"))
+    old = _overrides(tiny_data_path, tiny_llm_path, stages="sft", evidence_signal="max_cochoosers")
+    run("R2Rec", "tiny", overrides=old)
     [saved] = in_tmp.glob("**/sft/final/stage_settings.json")
     settings = json.loads(saved.read_text())
     assert settings.pop("evidence_signal") == "max_cochoosers"
     saved.write_text(json.dumps(settings))
-    run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="sft"))  # loads
+    run("R2Rec", "tiny", overrides=old)  # loads
     with pytest.raises(ConfigError, match="evidence_signal: 'max_cochoosers' -> 'sum_cosine'"):
-        run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="sft",
-                                                  evidence_signal="sum_cosine"))
+        run("R2Rec", "tiny", overrides=_overrides(tiny_data_path, tiny_llm_path, stages="sft"))  # the default
