@@ -13,7 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from recbole.data import create_dataset
 
@@ -24,12 +23,11 @@ from recbole_r2rec.protocol import prepare_data
 
 
 def user_facts(dataset: str, seed: int, history_len: int, evidence_items: int, signal: str) -> pd.DataFrame:
-    """Per test user: history length (training interactions), target popularity (training interactions), and the target's
+    """Per test user: history length and target popularity (users in the training graph), and the target's
     place in the chain evidence (1 = strongest chain, 0 = not listed among the top `evidence_items`)."""
     config = build_config("SASRec", dataset, overrides={"seed": seed, "show_progress": False})
     train, _, test = prepare_data(config, create_dataset(config))
     graph = InteractionGraph.from_training(train._dataset)  # as R2Rec builds its evidence
-    popularity = np.bincount(train._dataset.inter_feat["item_id"].numpy(), minlength=train._dataset.item_num)
     inter = test._dataset.inter_feat
     rows = []
     for k in range(len(inter)):
@@ -39,7 +37,7 @@ def user_facts(dataset: str, seed: int, history_len: int, evidence_items: int, s
         shown = test.candidates[user]
         strength = graph.chain_strength(user, history, shown, signal)
         listed = [shown[j] for j in prompts.strongest(list(strength), evidence_items)]
-        rows.append({"user": str(user), "history_len": len(graph.items_of(user)), "target_popularity": int(popularity[target]),
+        rows.append({"user": str(user), "history_len": len(graph.items_of(user)), "target_popularity": int(graph.popularity[target]),
                      "evidence_place": listed.index(target) + 1 if target in listed else 0})
     return pd.DataFrame(rows).set_index("user")
 

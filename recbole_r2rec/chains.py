@@ -75,12 +75,7 @@ class InteractionGraph:
         """Per candidate c, the strongest real chain u0 -> i0 -> u1 -> c through the history: (number of
         other users who chose both i0 and c, i0), maximised over i0 in `history`; (0, None) if none.
         The user's own interactions never count (at training time u0 chose the target itself)."""
-        co, hist = self._cochoosers(user, history, candidates)
-        if co is None:
-            return [(0, None)] * len(candidates)
-        best = co.argmax(axis=0)
-        counts = co[best, np.arange(co.shape[1])]
-        return [(int(n), int(hist[b]) if n > 0 else None) for n, b in zip(counts, best)]
+        return self.evidence(user, history, candidates)[0]
 
     def chain_strength(self, user: int, history, candidates, signal: str = "max_cochoosers") -> np.ndarray:
         """Per candidate, how strongly chains through the history lead to it (what the evidence is
@@ -88,30 +83,29 @@ class InteractionGraph:
         evidence line shows); `sum_cochoosers`, summed over the history items; `sum_cosine`, the cosine of
         each history item and the candidate over users, summed (chains normalised by popularity, so a
         blockbuster every user chose is not the strongest chain of everyone). Again without the user."""
+        return self.evidence(user, history, candidates, signal)[1]
+
+    def evidence(self, user: int, history, candidates, signal: str = "max_cochoosers") -> tuple:
+        """(`candidate_support`, `chain_strength`) from one count of co-choosers, for prompts that show
+        the one and rank by the other."""
         if signal not in EVIDENCE_SIGNALS:
             raise ValueError(f"unknown evidence signal {signal!r}; known: {list(EVIDENCE_SIGNALS)}")
-        co, hist = self._cochoosers(user, history, candidates)
-        if co is None:
-            return np.zeros(len(candidates))
-        if signal == "max_cochoosers":
-            return co.max(axis=0).astype(float)
-        if signal == "sum_cochoosers":
-            return co.sum(axis=0).astype(float)
-        mine = self.matrix[user].toarray().ravel()
-        pop_h = self.popularity[hist] - mine[hist]
-        pop_c = self.popularity[np.asarray(candidates, dtype=np.int64)] - mine[np.asarray(candidates, dtype=np.int64)]
-        return (co / np.sqrt(np.maximum(np.outer(pop_h, pop_c), 1))).sum(axis=0)
-
-    def _cochoosers(self, user: int, history, candidates) -> tuple:
-        """([H, C] other users who chose both history item h and candidate c, the history ids), or None."""
         hist = np.array([i for i in history if i], dtype=np.int64)
         cands = np.asarray(candidates, dtype=np.int64)
         if not len(hist) or not len(cands):
-            return None, hist
-        co = (self.by_item[hist] @ self.by_item[cands].T).toarray()  # [H, C]
+            return [(0, None)] * len(cands), np.zeros(len(cands))
         mine = self.matrix[user].toarray().ravel()
+        co = (self.by_item[hist] @ self.by_item[cands].T).toarray()  # [H, C] users who chose both
         co -= np.outer(mine[hist], mine[cands])
-        return co, hist
+        best = co.argmax(axis=0)
+        counts = co[best, np.arange(len(cands))]
+        support = [(int(n), int(hist[b]) if n > 0 else None) for n, b in zip(counts, best)]
+        if signal == "max_cochoosers":
+            return support, counts.astype(float)
+        if signal == "sum_cochoosers":
+            return support, co.sum(axis=0).astype(float)
+        pop_h, pop_c = self.popularity[hist] - mine[hist], self.popularity[cands] - mine[cands]
+        return support, (co / np.sqrt(np.maximum(np.outer(pop_h, pop_c), 1))).sum(axis=0)
 
     def shared_count(self, user: int, others: np.ndarray) -> np.ndarray:
         return np.asarray(self.co[user, others].todense()).ravel() if len(others) else np.zeros(0)

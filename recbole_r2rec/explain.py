@@ -1,6 +1,7 @@
 """Readable reasoning (`--explain=N`): for N sampled test users, the history, the chain evidence the
-prompt listed, every candidate with its score and rank, the generated thoughts, the answer and the truth, as a self-contained HTML page and as
-Markdown, so a person can judge whether the reasoning is grounded in the user's items."""
+prompt listed, every candidate with its score and rank, the generated thoughts, the answer and the
+truth, as a self-contained HTML page and as Markdown, so a person can judge whether the reasoning is
+grounded in the user's items."""
 from __future__ import annotations
 
 import html
@@ -18,8 +19,8 @@ h2 { font-size: 1.1rem; margin: 0 0 .6rem; } .hit { color: #176b2c; } .miss { co
 .thoughts { background: #f6f6f0; padding: .6rem .8rem; border-left: 4px solid #b8a040; white-space: pre-wrap; }
 table { border-collapse: collapse; font-size: .9rem; } td, th { padding: .15rem .6rem; text-align: left; }
 tr.truth td { font-weight: bold; } tr.answer td:first-child::after { content: " \\2190 answer"; color: #555; }
-.grounded { background: #e3f1e6; }
-.evidence { background: #eef3fa; padding: .6rem .8rem; border-left: 4px solid #4a78b0; white-space: pre-wrap; } small { color: #666; }
+.grounded { background: #e3f1e6; } small { color: #666; }
+.evidence { background: #eef3fa; padding: .6rem .8rem; border-left: 4px solid #4a78b0; white-space: pre-wrap; }
 </style></head><body>
 <h1>R2Rec reasoning on {{ dataset }}</h1>
 <p>{{ summary }}</p>

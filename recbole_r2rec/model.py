@@ -72,20 +72,16 @@ class R2Rec(SequentialRecommender):
     def candidate_text(self, item: int) -> str:
         return self.describe(item) if self.candidate_attributes else self.titles[item]
 
-    def grounding(self, user: int, history: list, shown: list, support: list | None = None, strength=None) -> str:
+    def grounding(self, user: int, history: list, shown: list, evidence: tuple | None = None) -> str:
         """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains
         from the user's history in the training graph (ranked by `evidence_signal`), so the model reasons
-        over real interactions instead of recalling them. Empty when off. `support`/`strength`:
-        `graph.candidate_support`/`evidence_strength` if known."""
+        over real interactions instead of recalling them. Empty when off. `evidence`:
+        `graph.evidence(...)` if known."""
         if not self.chain_evidence:
             return ""
-        support = support or self.graph.candidate_support(user, history, shown)
-        strength = self.evidence_strength(user, history, shown) if strength is None else strength
+        support, strength = evidence or self.graph.evidence(user, history, shown, self.evidence_signal)
         return prompts.support_evidence([(self.titles[c], n, self.titles[via] if via else "")
                                          for c, (n, via) in zip(shown, support)], self.evidence_items, strength)
-
-    def evidence_strength(self, user: int, history: list, shown: list):
-        return self.graph.chain_strength(user, history, shown, self.evidence_signal)
 
     def prompt_text(self, history: list, shown: list, user: int = 0, context: str = "", evidence=None) -> str:
         """The chat prompt; `evidence`: this user's `grounding` if already computed."""

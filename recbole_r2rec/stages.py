@@ -81,14 +81,12 @@ def build_traces(model, train_dataset, graph: InteractionGraph, config) -> list:
         history = prompts.history_ids(inter[seq][row].numpy(), int(inter[length][row]), model.history_len)
         for chain in sampler.sample(user, history, target):
             shown = training_candidates(config, graph, probs, user, target, k)
-            support = strength = None
-            if model.chain_evidence:
-                support = model.graph.candidate_support(user, history, shown)
-                strength = model.evidence_strength(user, history, shown)
-            chain, users = evidence_chain(model, graph, chain, shown, support, strength)
+            evidence = (model.graph.evidence(user, history, shown, model.evidence_signal)
+                        if model.chain_evidence else (None, None))
+            chain, users = evidence_chain(model, graph, chain, shown, *evidence)
             trace = build_trace(chain, levels[k % len(levels)], history, shown, model.titles.__getitem__,
                                 model.describe, model.candidate_text,
-                                model.grounding(user, history, shown, support, strength), users)
+                                model.grounding(user, history, shown, evidence), users)
             k += 1
             if well_formed(trace, [model.titles[i] for i in shown]):
                 traces.append(trace)
