@@ -4,10 +4,12 @@ validation, never on test.
 
     .venv/bin/python bench/ablation_valid.py --valid_users 100 \\
         --variant none:score_calibration=none --variant prior:score_calibration=item_prior \\
-        [--stage sft] [--set key=value ...] [--out results/ablations/NAME.json]
+        [--stage sft] [--set key=value ...] [--fusion_weights 0,0.5,1] [--out results/ablations/NAME.json]
 
 `--stage sft` (or rl) evaluates the finished stage's adapter under checkpoint_dir (trained with the
 same settings), otherwise the untrained backbone. Writes the metrics per variant to --out.
+`--fusion_weights` also ranks each variant's recorded LLM scores with every listed `evidence_weight`
+(and by chain strength alone), from the one evaluation: the fused score is a function of the two.
 """
 from __future__ import annotations
 
@@ -25,12 +27,38 @@ from recbole_r2rec.model import R2Rec
 from recbole_r2rec.protocol import prepare_data
 from recbole_r2rec.registry import get_trainer
 from recbole_r2rec.runner import parse_overrides
+from recbole_r2rec.scoring import evidence_fused
 from recbole_r2rec.stages import load_finished_stage
 
 
 def pairs(text: str) -> dict:
     """`key=value,key=value` as config overrides, parsed as the runner parses `--key=value`."""
     return parse_overrides([f"--{kv}" for kv in text.split(",") if kv])
+
+
+def positives(eval_data) -> dict:
+    """user -> its held-out item in a leave-one-out split (one per user)."""
+    inter = eval_data._dataset.inter_feat
+    ds = eval_data._dataset
+    return dict(zip(inter[ds.uid_field].tolist(), inter[ds.iid_field].tolist()))
+
+
+def fusion_grid(answers: list, truth: dict, weights: list) -> dict:
+    """Hit@1 and MRR of the recorded answers re-ranked with each evidence weight ("strength_only":
+    by chain strength alone). Ties count against the positive (pessimistic)."""
+    def metrics(score_of):
+        hits, rr = [], []
+        for a in answers:
+            scores = score_of(a)
+            k = a["candidates"].index(truth[a["user"]])
+            rank = 1 + sum(s >= scores[k] for j, s in enumerate(scores) if j != k)
+            hits.append(rank == 1)
+            rr.append(1 / rank)
+        return {"hit@1": sum(hits) / len(hits), "mrr": sum(rr) / len(rr), "users": len(hits)}
+
+    grid = {str(w): metrics(lambda a, w=w: evidence_fused(a["llm_scores"], a["strength"], w)) for w in weights}
+    grid["strength_only"] = metrics(lambda a: list(a["strength"]))
+    return grid
 
 
 def main():
@@ -40,6 +68,7 @@ def main():
     parser.add_argument("--variant", action="append", required=True, help="NAME:key=value,key=value")
     parser.add_argument("--set", action="append", default=[], help="key=value shared by every variant")
     parser.add_argument("--stage", choices=["sft", "rl"], default=None)
+    parser.add_argument("--fusion_weights", default="", help="comma-separated evidence weights to re-rank with")
     parser.add_argument("--out", default="results/ablations/ablation.json")
     args = parser.parse_args()
 
@@ -63,6 +92,9 @@ def main():
         entry = {"keys": pairs(keys), "valid_result": result, "seconds": time.perf_counter() - start,
                  "users": len(trainer.user_ranks)}
         ranks = trainer.user_ranks
+        if args.fusion_weights:
+            weights = [float(w) for w in args.fusion_weights.split(",")]
+            entry["fusion"] = fusion_grid(model.answers, positives(valid), weights)
         if first_ranks is None:
             first_ranks = ranks
         else:

@@ -15,7 +15,8 @@ from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph
 from recbole_r2rec.config import ConfigError
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
-from recbole_r2rec.scoring import constrained_choice, continue_generation, generate, score_candidates
+from recbole_r2rec.scoring import (constrained_choice, continue_generation, evidence_fused, generate,
+                                   score_candidates)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,11 @@ class R2Rec(SequentialRecommender):
         self.chain_evidence = config["chain_evidence"]
         self.evidence_items = config["evidence_items"]
         self.evidence_signal = config["evidence_signal"]
-        self.graph = InteractionGraph.from_training(dataset) if self.chain_evidence else None
+        self.evidence_weight = float(config["evidence_weight"])
+        if self.evidence_weight < 0:
+            raise ConfigError(f"evidence_weight must be >= 0 (0: the LLM alone), not {self.evidence_weight}")
+        needs_graph = self.chain_evidence or self.evidence_weight > 0
+        self.graph = InteractionGraph.from_training(dataset) if needs_graph else None
         self.answers = []  # per evaluated user: what the model answered (for ValidRatio, --explain)
 
     # -- text ---------------------------------------------------------------------------------------
@@ -72,14 +77,18 @@ class R2Rec(SequentialRecommender):
     def candidate_text(self, item: int) -> str:
         return self.describe(item) if self.candidate_attributes else self.titles[item]
 
+    def candidate_evidence(self, user: int, history: list, shown: list) -> tuple | None:
+        """`graph.evidence(...)` of the shown candidates: (support, strength), None without a graph."""
+        return self.graph.evidence(user, history, shown, self.evidence_signal) if self.graph is not None else None
+
     def grounding(self, user: int, history: list, shown: list, evidence: tuple | None = None) -> str:
         """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains
         from the user's history in the training graph (ranked by `evidence_signal`), so the model reasons
         over real interactions instead of recalling them. Empty when off. `evidence`:
-        `graph.evidence(...)` if known."""
+        `candidate_evidence(...)` if known."""
         if not self.chain_evidence:
             return ""
-        support, strength = evidence or self.graph.evidence(user, history, shown, self.evidence_signal)
+        support, strength = evidence or self.candidate_evidence(user, history, shown)
         return prompts.support_evidence([(self.titles[c], n, self.titles[via] if via else "")
                                          for c, (n, via) in zip(shown, support)], self.evidence_items, strength)
 
@@ -180,7 +189,8 @@ class R2Rec(SequentialRecommender):
     def score_users(self, queries):
         """For a batch of (uid, rows, history, shown): generate thoughts/answers (optionally), score
         every shown candidate given prompt + thoughts, record the answers. Yields (query, {item: score})."""
-        evidence = [self.grounding(uid, h, shown) for uid, _, h, shown in queries]
+        chains = [self.candidate_evidence(uid, h, shown) for uid, _, h, shown in queries]
+        evidence = [self.grounding(uid, h, shown, ch) for (uid, _, h, shown), ch in zip(queries, chains)]
         prompt_ids = [self.encode(self.prompt_text(h, shown, uid, evidence=ev))
                       for (uid, _, h, shown), ev in zip(queries, evidence)]
         cand_ids = [[self.answer_tokens(self.titles[i]) for i in shown] for *_, shown in queries]
@@ -198,10 +208,12 @@ class R2Rec(SequentialRecommender):
         else:
             prefixes = [p + self.encode(prompts.answer_prefix(None)) for p in prompt_ids]
             results = score_candidates(self.llm, prefixes, cand_ids, self.tokenizer.pad_token_id)
-        for query, completion, thought, cands, res, ev in zip(queries, completions, thoughts, cand_ids, results,
-                                                              evidence):
+        for query, completion, thought, cands, res, ev, ch in zip(queries, completions, thoughts, cand_ids, results,
+                                                                  evidence, chains):
             uid, _, history, shown = query
-            scores = self.calibrated(shown, res.mean)
+            llm_scores = self.calibrated(shown, res.mean)
+            strength = [float(x) for x in ch[1]] if ch is not None else None
+            scores = evidence_fused(llm_scores, strength, self.evidence_weight)
             if self.constrained_answer:
                 choice = constrained_choice(cands, res.token_logprobs)
             elif self.generate_thoughts:
@@ -210,6 +222,7 @@ class R2Rec(SequentialRecommender):
                 choice = None
             self.answers.append({
                 "user": uid, "history": history, "candidates": shown, "scores": scores,
+                "llm_scores": llm_scores, "strength": strength,
                 "completion": completion, "thoughts": thought, "evidence": ev,
                 "answer_item": shown[choice] if choice is not None else None,
             })

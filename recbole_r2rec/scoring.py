@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -164,6 +165,19 @@ def score_naive(model, prefix: list, candidates: list) -> list:
         lp = logprobs.gather(-1, torch.tensor(cand, device=model.device)[:, None])
         means.append(float(lp.mean()))
     return means
+
+
+def evidence_fused(llm_scores: list, strength, weight: float) -> list:
+    """The ranking score of each candidate: its LLM score plus `weight` times its chain-evidence
+    strength standardised over the user's candidates (z-score; all equal -> 0). The LLM reads the
+    evidence, but a 135M model copies it unreliably; adding it to the score lets the LLM re-rank what
+    the graph supports instead of having to restate it. weight 0 (or no strength) = the LLM alone."""
+    if not weight or strength is None:
+        return list(llm_scores)
+    s = np.asarray(strength, dtype=float)
+    std = s.std()
+    z = (s - s.mean()) / std if std > 0 else np.zeros_like(s)
+    return [float(x) + weight * float(e) for x, e in zip(llm_scores, z)]
 
 
 def constrained_choice(candidates: list, token_logprobs: list) -> int:

@@ -15,7 +15,8 @@ from recbole_r2rec.model import R2Rec
 from recbole_r2rec.protocol import ProtocolError, candidate_order, prepare_data
 from recbole_r2rec.registry import get_trainer
 from recbole_r2rec.runner import run
-from recbole_r2rec.scoring import (constrained_choice, continue_generation, generate, score_candidates, score_naive)
+from recbole_r2rec.scoring import (constrained_choice, continue_generation, evidence_fused, generate, score_candidates,
+                                   score_naive)
 from recbole_r2rec.trainer import parse_stages
 
 
@@ -134,6 +135,45 @@ def test_item_prior_calibration_subtracts_each_titles_content_free_log_likelihoo
     finally:
         model.score_calibration = "none"
         model.begin_evaluation()
+
+
+def test_evidence_fused_adds_the_standardised_chain_strength_by_hand():
+    # strength 0, 2, 4, 2: mean 2, population std sqrt(2) -> z = -sqrt(2), 0, sqrt(2), 0
+    fused = evidence_fused([-1.0, -2.0, -3.0, -0.5], [0.0, 2.0, 4.0, 2.0], 0.5)
+    r = 0.5 * np.sqrt(2)
+    np.testing.assert_allclose(fused, [-1.0 - r, -2.0, -3.0 + r, -0.5])
+    assert evidence_fused([-1.0, -2.0], [3.0, 3.0], 2.0) == [-1.0, -2.0]  # no contrast, nothing added
+    assert evidence_fused([-1.0, -2.0], [0.0, 9.0], 0.0) == [-1.0, -2.0]  # weight 0: the LLM alone
+
+
+def test_evidence_weight_ranks_by_llm_score_plus_chain_strength(tiny_r2rec):
+    """evidence_weight > 0: each row's score is its LLM score plus the weight times its candidate's
+    standardised chain strength in the training graph (recomputed here from the graph itself)."""
+    config, model, test = tiny_r2rec
+    interaction = test.collate_fn(np.arange(4))[0]
+    plain = model.predict(interaction)
+    model.evidence_weight = 3.0
+    try:
+        fused = model.predict(interaction)
+        answer = model.answers[-1]
+        _, strength = model.graph.evidence(answer["user"], answer["history"], answer["candidates"],
+                                           model.evidence_signal)
+        assert strength.std() > 0, "the tiny user's candidates should differ in chain strength"
+        z = (strength - strength.mean()) / strength.std()
+        for item, zi in zip(answer["candidates"], z):
+            row = [r for r in range(len(interaction)) if int(interaction["item_id"][r]) == item
+                   and int(interaction["user_id"][r]) == answer["user"]][0]
+            assert abs(float(fused[row]) - (float(plain[row]) + 3.0 * zi)) < 1e-4
+        assert answer["llm_scores"] != answer["scores"]
+    finally:
+        model.evidence_weight = 0.0
+        model.begin_evaluation()
+
+
+def test_negative_evidence_weight_is_a_config_error(tiny_data_path, tiny_llm_path):
+    config, (train, _, _) = _r2rec("tiny", tiny_data_path, tiny_llm_path, evidence_weight=-1)
+    with pytest.raises(ConfigError, match="evidence_weight must be >= 0"):
+        R2Rec(config, train._dataset)
 
 
 def test_unknown_score_calibration_is_a_config_error(tiny_data_path, tiny_llm_path):
