@@ -1,7 +1,10 @@
 """Configuration layered like RecBole's, lowest to highest priority:
 
     properties/overall.yaml  <  properties/dataset/<dataset>.yaml  <  properties/model/<Model>.yaml
-    <  --config_files (in the order given)  <  --key=value overrides
+    <  properties/model/<Model>/<dataset>.yaml  <  --config_files (in the order given)  <  --key=value overrides
+
+`properties/model/<Model>/<dataset>.yaml` holds a model's settings for one dataset (chosen on that
+dataset's validation users), which the model's defaults would otherwise override.
 
 RecBole's own internal defaults sit below all of these. `sys.argv` is never read here: the runner
 parses its flags and passes the overrides explicitly (see `compat.isolated_config_construction`).
@@ -62,7 +65,8 @@ def read_yaml(path) -> dict:
 def layered_files(model: str, dataset: str, config_files=()) -> list:
     """The YAML files of one run, lowest priority first, each checked to parse."""
     files = [PROPERTIES / "overall.yaml"]
-    for optional in (PROPERTIES / "dataset" / f"{dataset}.yaml", PROPERTIES / "model" / f"{model}.yaml"):
+    for optional in (PROPERTIES / "dataset" / f"{dataset}.yaml", PROPERTIES / "model" / f"{model}.yaml",
+                     PROPERTIES / "model" / model / f"{dataset}.yaml"):
         if optional.is_file():
             files.append(optional)
     files += [Path(f) for f in config_files or ()]

@@ -20,6 +20,14 @@ def test_layers_overall_dataset_model_files_cmdline(tmp_path):
     assert config["hidden_size"] == 16 and config["n_layers"] == 1  # command line beats all
 
 
+def test_model_settings_for_one_dataset_beat_the_models_defaults_only_there(tmp_path):
+    # properties/model/R2Rec/steam.yaml (chosen on steam's validation) over R2Rec.yaml's default
+    assert build_config("R2Rec", "steam")["evidence_signal"] == "sum_cochoosers"
+    assert build_config("R2Rec", "ml-100k")["evidence_signal"] == "sum_cosine"
+    assert build_config("R2Rec", "steam", overrides={"evidence_signal": "max_cochoosers"})["evidence_signal"] \
+        == "max_cochoosers"  # the command line still beats it
+
+
 def test_malformed_yaml_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: [1, 2\n")
