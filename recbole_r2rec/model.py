@@ -17,8 +17,15 @@ from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
 from recbole_r2rec.scoring import (constrained_choice, continue_generation, evidence_fused, generate,
                                    score_candidates)
+from recbole_r2rec.trainer import parse_stages
 
 logger = logging.getLogger(__name__)
+
+
+def without_llm(config) -> bool:
+    """`llm_path: none`: no LLM at all, candidates ranked by their chain strength (`evidence_signal`)
+    alone: the ablation that shows what the LLM adds to the evidence it reads."""
+    return str(config["llm_path"]).lower() == "none"
 
 
 class R2Rec(SequentialRecommender):
@@ -55,18 +62,27 @@ class R2Rec(SequentialRecommender):
         self.titles, self.attributes = prompts.item_texts(
             dataset, list(config["item_text_fields"]), config["item_text_fallback_to_id"]
         )
-        self.llm, self.tokenizer = load_backbone(config["llm_path"], config["llm_dtype"], config["llm_device"])
-        self._close_head = self.encode(prompts.ANSWER_CLOSE)[:1]
-        # the prompt template with nothing in it, then the answer prefix (the context of `item_prior`)
-        self._content_free = self.encode(prompts.chat_prompt(self.tokenizer, prompts.user_message([], []))
-                                         + prompts.answer_prefix(None))
         self.chain_evidence = config["chain_evidence"]
+        self.llm = self.tokenizer = None
+        if without_llm(config):
+            # the ablation "chains without the LLM": rank by the chain evidence alone
+            if parse_stages(config["stages"]):
+                raise ConfigError("llm_path: none ranks by the chain evidence alone and has nothing to train: "
+                                  "use --stages=none")
+            self.generate_thoughts = self.constrained_answer = self.chain_evidence = False
+            self.score_calibration = "none"
+        else:
+            self.llm, self.tokenizer = load_backbone(config["llm_path"], config["llm_dtype"], config["llm_device"])
+            self._close_head = self.encode(prompts.ANSWER_CLOSE)[:1]
+            # the prompt template with nothing in it, then the answer prefix (the context of `item_prior`)
+            self._content_free = self.encode(prompts.chat_prompt(self.tokenizer, prompts.user_message([], []))
+                                             + prompts.answer_prefix(None))
         self.evidence_items = config["evidence_items"]
         self.evidence_signal = config["evidence_signal"]
         self.evidence_weight = float(config["evidence_weight"])
         if self.evidence_weight < 0:
             raise ConfigError(f"evidence_weight must be >= 0 (0: the LLM alone), not {self.evidence_weight}")
-        needs_graph = self.chain_evidence or self.evidence_weight > 0
+        needs_graph = self.chain_evidence or self.evidence_weight > 0 or self.llm is None
         self.graph = InteractionGraph.from_training(dataset) if needs_graph else None
         self.answers = []  # per evaluated user: what the model answered (for ValidRatio, --explain)
 
@@ -190,6 +206,15 @@ class R2Rec(SequentialRecommender):
         """For a batch of (uid, rows, history, shown): generate thoughts/answers (optionally), score
         every shown candidate given prompt + thoughts, record the answers. Yields (query, {item: score})."""
         chains = [self.candidate_evidence(uid, h, shown) for uid, _, h, shown in queries]
+        if self.llm is None:  # llm_path: none
+            for query, (_, strength) in zip(queries, chains):
+                uid, _, history, shown = query
+                scores = [float(x) for x in strength]
+                self.answers.append({"user": uid, "history": history, "candidates": shown, "scores": scores,
+                                     "llm_scores": None, "strength": scores, "completion": "", "thoughts": None,
+                                     "evidence": "", "answer_item": None})
+                yield query, dict(zip(shown, scores))
+            return
         evidence = [self.grounding(uid, h, shown, ch) for (uid, _, h, shown), ch in zip(queries, chains)]
         prompt_ids = [self.encode(self.prompt_text(h, shown, uid, evidence=ev))
                       for (uid, _, h, shown), ev in zip(queries, evidence)]

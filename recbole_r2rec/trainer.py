@@ -42,6 +42,10 @@ class R2RecTrainer(Trainer):
         super().__init__(config, model)
         self.stages = parse_stages(config["stages"])
 
+    def _build_optimizer(self, **kwargs):
+        """None: the stages train with trl's own optimizers (and `llm_path: none` has no parameters)."""
+        return None
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """Run the configured stages in order, each followed by validation through RecBole's evaluator.
         After RL, the model kept is the better of SFT and SFT+RL on validation (`stage_results`)."""

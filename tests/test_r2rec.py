@@ -21,7 +21,8 @@ from recbole_r2rec.trainer import parse_stages
 
 
 def _r2rec(dataset_name, data_path, llm, **extra):
-    overrides = tiny(llm_path=llm, llm_dtype="float32", generate_thoughts=False, **extra)
+    overrides = tiny(**{"llm_path": llm, "llm_dtype": "float32", "generate_thoughts": False, "evidence_weight": 0.0,
+                        **extra})
     if data_path:
         overrides["data_path"] = data_path
     else:
@@ -170,6 +171,33 @@ def test_evidence_weight_ranks_by_llm_score_plus_chain_strength(tiny_r2rec):
         model.begin_evaluation()
 
 
+def test_without_llm_candidates_are_ranked_by_chain_strength_alone(tiny_data_path, tiny_llm_path):
+    """llm_path: none (the ablation "chains without the LLM"): no backbone is loaded, and each row's
+    score is its candidate's chain strength in the training graph, recomputed here from the graph."""
+    config, (train, _, test) = _r2rec("tiny", tiny_data_path, "none", stages="none")
+    model = R2Rec(config, train._dataset)
+    assert model.llm is None and model.tokenizer is None
+    interaction = test.collate_fn(np.arange(len(test.uid_list)))[0]
+    scores = model.predict(interaction)
+    assert len(model.answers) == len(test.uid_list)
+    for answer in model.answers:
+        _, strength = model.graph.evidence(answer["user"], answer["history"], answer["candidates"],
+                                           model.evidence_signal)
+        by_item = dict(zip(answer["candidates"], strength.tolist()))
+        rows = [r for r in range(len(interaction)) if int(interaction["user_id"][r]) == answer["user"]]
+        assert len(rows) == 20
+        np.testing.assert_allclose([float(scores[r]) for r in rows],
+                                   [by_item[int(interaction["item_id"][r])] for r in rows], atol=1e-6)
+    result = get_trainer(ModelType.SEQUENTIAL, "R2Rec")(config, model).evaluate(test)
+    assert "valid_ratio" not in result  # no answers are generated without an LLM
+
+
+def test_without_llm_there_is_nothing_to_train(tiny_data_path):
+    config, (train, _, _) = _r2rec("tiny", tiny_data_path, "none", stages="sft")
+    with pytest.raises(ConfigError, match="llm_path: none ranks by the chain evidence alone .* --stages=none"):
+        R2Rec(config, train._dataset)
+
+
 def test_negative_evidence_weight_is_a_config_error(tiny_data_path, tiny_llm_path):
     config, (train, _, _) = _r2rec("tiny", tiny_data_path, tiny_llm_path, evidence_weight=-1)
     with pytest.raises(ConfigError, match="evidence_weight must be >= 0"):
@@ -297,7 +325,8 @@ def test_unknown_stage_is_a_config_error():
 
 def test_zero_shot_run_reports_valid_ratio(tiny_data_path, tiny_llm_path, in_tmp):
     result = run("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path,
-                                                 stages="none", eval_users=6, max_new_tokens=6))
+                                                 stages="none", eval_users=6, max_new_tokens=6,
+                                                 generate_thoughts=True))
     test = result["test_result"]
     assert 0.0 <= test["valid_ratio"] <= 1.0 and "hit@1" in test and "mrr@10" in test
     assert result["eval_users"]["test"] == 6
@@ -314,7 +343,8 @@ def test_default_llm_end_to_end_on_a_few_ml100k_users(in_tmp):
     """The real embedded SmolLM2-135M through both stages, one step each, on 3 users (slow: converts
     the GGUF once, then ~2 min)."""
     result = run("R2Rec", "ml-100k", overrides={
-        "eval_users": 3, "valid_users": 2, "max_new_tokens": 12, "state": "WARNING", "show_progress": False,
+        "eval_users": 3, "valid_users": 2, "max_new_tokens": 12, "generate_thoughts": True, "state": "WARNING",
+        "show_progress": False,
         "stages": "sft,rl", "sft_max_steps": 1, "sft_batch_size": 2, "sft_grad_accum": 1, "sft_max_traces": 2,
         "rl_max_steps": 1, "rl_batch_size": 2, "rl_grad_accum": 1, "rl_num_generations": 2, "rl_prompts": 1})
     assert set(result["stages"]) == {"sft", "rl", "selected"}
