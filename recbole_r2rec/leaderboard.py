@@ -157,6 +157,21 @@ def paired_hits(results: list, row_a: str, row_b: str, dataset: str) -> tuple:
     return [v[row_a] == 1 for v in pairs], [v[row_b] == 1 for v in pairs]
 
 
+def shared_user_hit1(results: list, dataset: str) -> tuple:
+    """(pairs, {row: Hit@1}) over the (seed, user) pairs that *every* row of `dataset` evaluated: the
+    like-for-like column when sampled LLM cells (`--eval_users`) sit next to all-user cells."""
+    ranks: dict = {}
+    for r in results:
+        if r["dataset"] == dataset and "test_user_ranks" in r:
+            ranks.setdefault(r["row"], {}).update({(int(r["seed"]), u): k for u, k in r["test_user_ranks"].items()})
+    if not ranks:
+        return 0, {}
+    common = set.intersection(*(set(v) for v in ranks.values()))
+    if not common:
+        return 0, {}
+    return len(common), {row: float(np.mean([v[p] == 1 for p in common])) for row, v in ranks.items()}
+
+
 def _gain(value: float, base: float) -> float:
     return float((value - base) / base) if base else float("inf")
 
@@ -201,6 +216,8 @@ def markdown(results: list, summ: pd.DataFrame, failures: list, comps: list) -> 
         seeds = sorted({int(r["seed"]) for r in results if r["dataset"] == dataset})
         lines += [f"## {dataset}", "", f"Test users per seed: {', '.join(users)}; seeds: {seeds}.", ""]
         metrics = [m for m in METRICS + ["valid_ratio", "time_s", "peak_memory_mb"] if m in set(part.metric)]
+        n_shared, shared = shared_user_hit1(results, dataset) if len(users) > 1 else (0, {})
+        shared_col = f"hit@1 on the {n_shared} shared users"
         table = []
         for model in sorted(part.model.unique(), key=lambda m: (m.split("-")[0] in LLM_MODELS, m)):
             row = {"model": model, "seeds": int(part[(part.model == model) & (part.metric == "hit@1")]["count"].max())}
@@ -214,7 +231,14 @@ def markdown(results: list, summ: pd.DataFrame, failures: list, comps: list) -> 
                 text = _fmt(mean, std, count, digits)
                 best = part[part.metric == metric]["mean"].max()
                 row[metric] = f"**{text}**" if metric in METRICS and mean == best else text
+            if shared:
+                value = shared.get(model)
+                row[shared_col] = "" if value is None else (
+                    f"**{value:.4f}**" if value == max(shared.values()) else f"{value:.4f}")
             table.append(row)
+        if shared:
+            lines += [f"Rows evaluated on different users (sampled LLM cells): the last column is Hit@1 on the "
+                      f"{n_shared} (seed, user) pairs that every row evaluated, the like-for-like comparison.", ""]
         lines += [pd.DataFrame(table).to_markdown(index=False), ""]
         for c in (c for c in comps if c["dataset"] == dataset):
             test = c.get("test")

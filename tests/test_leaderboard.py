@@ -51,6 +51,24 @@ def test_mean_std_and_gains_match_hand_computed_values(board):
     assert best["test"]["p_value"] == pytest.approx(10 / 16)
 
 
+def test_sampled_llm_cells_get_hit1_on_the_users_every_row_evaluated(tmp_path):
+    # SASRec on users 1-4 (hits users 1, 2), zero-shot on users 1-3 (hits 2, 3), an LLM cell on the
+    # sample {2, 3} (hits 3). Every row evaluated users 2 and 3: SASRec 1/2, zero-shot 2/2, LLM 1/2.
+    _cell(tmp_path, "SASRec", "ml-100k", 1, 0.5, [1, 1, 3, 2])
+    _cell(tmp_path, "R2Rec-zs", "ml-100k", 1, 2 / 3, [5, 1, 1])
+    folder = tmp_path.joinpath("cells")
+    llm = {"model": "R2Rec", "dataset": "ml-100k", "seed": 1, "test_result": {"hit@1": 0.5},
+           "eval_users": {"valid": 2, "test": 2}, "test_user_ranks": {"2": 4, "3": 1}}
+    folder.joinpath("R2Rec-ml-100k-seed1.json").write_text(json.dumps(llm))
+    results, _ = lb.load_cells(tmp_path)
+    pairs, hit = lb.shared_user_hit1(results, "ml-100k")
+    assert pairs == 2 and hit == {"SASRec": 0.5, "R2Rec-zs": 1.0, "R2Rec": 0.5}
+    lb.report(tmp_path)
+    md = tmp_path.joinpath("leaderboard.md").read_text()
+    assert "hit@1 on the 2 shared users" in md
+    assert "| R2Rec-zs " in md and "**1.0000**" in md.split("| R2Rec-zs ")[1].split("\n")[0]
+
+
 def test_mcnemar_agrees_with_a_hand_computed_exact_test():
     # 8 users hit only by A, 2 only by B, 5 by both, 5 by neither:
     # p = 2 * P(Bin(10, 1/2) <= 2) = 2 * (1 + 10 + 45) / 1024
