@@ -177,16 +177,18 @@ def _gain(value: float, base: float) -> float:
 
 
 def comparisons(results: list, summ: pd.DataFrame, dataset: str, llm_row: str = "R2Rec",
-                zero_shot_row: str = "R2Rec-zs") -> list:
-    """Relative Hit@1 gain of `llm_row` over the best classical row and over the zero-shot row, each
-    with the paired McNemar test."""
+                zero_shot_row: str = "R2Rec-zs", no_llm_row: str = "R2Rec-evidence_only") -> list:
+    """Relative Hit@1 gain of `llm_row` over the best classical row, over the zero-shot row and over
+    the chains without the LLM (what the LLM adds to its evidence), each with the paired McNemar test."""
     hit = summ[(summ.dataset == dataset) & (summ.metric == "hit@1")].set_index("model")["mean"]
     if llm_row not in hit:
         return []
     classical = [m for m in hit.index if m.split("-")[0] not in LLM_MODELS]
     out = []
     for label, other in (("best classical", max(classical, key=hit.get) if classical else None),
-                         ("zero-shot LLM", zero_shot_row if zero_shot_row in hit else None)):
+                         ("zero-shot LLM", zero_shot_row if zero_shot_row in hit else None),
+                         ("chains without the LLM", no_llm_row if no_llm_row in hit and llm_row != no_llm_row
+                          else None)):
         if other is None:
             continue
         a, b = paired_hits(results, llm_row, other, dataset)

@@ -109,6 +109,18 @@ def test_every_trained_llm_row_is_compared_not_only_the_full_method(board):
     assert "R2Rec-sft vs best classical (SASRec)" in (board / "leaderboard.md").read_text()
 
 
+def test_llm_rows_are_compared_with_their_chains_without_the_llm(board):
+    # The no-LLM ablation (seed 1: hits users 1 and 4) against R2Rec (seed 1: hits users 1, 2, 3):
+    # R2Rec alone hits 2 and 3, the chains alone hit 4 -> 2 vs 1 discordant, p = 2 * P(Bin(3, 1/2) <= 1) = 1.
+    _cell(board, "R2Rec-evidence_only", "ml-100k", 1, 0.5, [1, 2, 3, 1])
+    comps = lb.report(board)["comparisons"]
+    vs = {c["row"]: c for c in comps if c["versus"] == "chains without the LLM"}
+    assert set(vs) == {"R2Rec"}  # the ablation row is not compared with itself
+    assert (vs["R2Rec"]["test"]["only_a"], vs["R2Rec"]["test"]["only_b"], vs["R2Rec"]["test"]["pairs"]) == (2, 1, 4)
+    assert vs["R2Rec"]["paired"]["hit@1"] == 0.75 and vs["R2Rec"]["paired"]["other_hit@1"] == 0.5
+    assert vs["R2Rec"]["test"]["p_value"] == pytest.approx(1.0)
+
+
 def test_rerun_skips_finished_cells_and_a_failing_cell_does_not_stop_the_grid(tmp_path):
     calls = []
 
