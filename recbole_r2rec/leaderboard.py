@@ -146,27 +146,28 @@ def mcnemar(hits_a: list, hits_b: list) -> dict:
     return {"only_a": only_a, "only_b": only_b, "pairs": len(a), "p_value": float(p)}
 
 
+def user_ranks(results: list, dataset: str) -> dict:
+    """row -> {(seed, user): test rank} of the cells of `dataset` that recorded per-user ranks."""
+    ranks: dict = {}
+    for r in results:
+        if r["dataset"] == dataset and "test_user_ranks" in r:
+            ranks.setdefault(r["row"], {}).update({(int(r["seed"]), u): k for u, k in r["test_user_ranks"].items()})
+    return ranks
+
+
 def paired_hits(results: list, row_a: str, row_b: str, dataset: str) -> tuple:
     """Per-user Hit@1 of two rows on one dataset, paired by (seed, user) where both have the user."""
-    ranks = {}
-    for r in results:
-        if r["dataset"] == dataset and r["row"] in (row_a, row_b) and "test_user_ranks" in r:
-            for user, rank in r["test_user_ranks"].items():
-                ranks.setdefault((r["seed"], user), {})[r["row"]] = rank
-    pairs = [v for v in ranks.values() if row_a in v and row_b in v]
-    return [v[row_a] == 1 for v in pairs], [v[row_b] == 1 for v in pairs]
+    ranks = user_ranks(results, dataset)
+    a, b = ranks.get(row_a, {}), ranks.get(row_b, {})
+    pairs = [p for p in a if p in b]
+    return [a[p] == 1 for p in pairs], [b[p] == 1 for p in pairs]
 
 
 def shared_user_hit1(results: list, dataset: str) -> tuple:
     """(pairs, {row: Hit@1}) over the (seed, user) pairs that *every* row of `dataset` evaluated: the
     like-for-like column when sampled LLM cells (`--eval_users`) sit next to all-user cells."""
-    ranks: dict = {}
-    for r in results:
-        if r["dataset"] == dataset and "test_user_ranks" in r:
-            ranks.setdefault(r["row"], {}).update({(int(r["seed"]), u): k for u, k in r["test_user_ranks"].items()})
-    if not ranks:
-        return 0, {}
-    common = set.intersection(*(set(v) for v in ranks.values()))
+    ranks = user_ranks(results, dataset)
+    common = set.intersection(*(set(v) for v in ranks.values())) if ranks else set()
     if not common:
         return 0, {}
     return len(common), {row: float(np.mean([v[p] == 1 for p in common])) for row, v in ranks.items()}
