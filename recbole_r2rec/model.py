@@ -145,10 +145,9 @@ class R2Rec(SequentialRecommender):
             history = prompts.history_ids(seqs[rows[0]], lens[rows[0]], self.history_len)
             queries.append((uid, rows, history, shown))
         scores = torch.empty(len(users))
-        for start in range(0, len(queries), self.score_batch_users):
-            for (uid, rows, history, shown), item_scores in self.score_users(queries[start:start + self.score_batch_users]):
-                for r in rows:
-                    scores[r] = item_scores[items[r]]
+        for (uid, rows, history, shown), item_scores in self.score_users(queries):
+            for r in rows:
+                scores[r] = item_scores[items[r]]
         return scores.to(self.device)
 
     def answer_tokens(self, title: str) -> list:
@@ -203,8 +202,10 @@ class R2Rec(SequentialRecommender):
         return scores
 
     def score_users(self, queries):
-        """For a batch of (uid, rows, history, shown): generate thoughts/answers (optionally), score
-        every shown candidate given prompt + thoughts, record the answers. Yields (query, {item: score})."""
+        """For (uid, rows, history, shown) queries: generate thoughts/answers (optionally), score every
+        shown candidate given prompt + thoughts, record the answers. Users go to the LLM in batches of
+        `score_batch_users` of similar prompt length (padding is computed like real tokens); answers are
+        recorded and yielded in the queries' order. Yields (query, {item: score})."""
         chains = [self.candidate_evidence(uid, h, shown) for uid, _, h, shown in queries]
         if self.llm is None:  # llm_path: none
             for query, (_, strength) in zip(queries, chains):
@@ -219,36 +220,40 @@ class R2Rec(SequentialRecommender):
         prompt_ids = [self.encode(self.prompt_text(h, shown, uid, evidence=ev))
                       for (uid, _, h, shown), ev in zip(queries, evidence)]
         cand_ids = [[self.answer_tokens(self.titles[i]) for i in shown] for *_, shown in queries]
-        thoughts = [None] * len(queries)
-        completions = [""] * len(queries)
-        if self.generate_thoughts:
-            gen = generate(self.llm, self.tokenizer, prompt_ids, self.max_new_tokens, stop=prompts.ANSWER_CLOSE,
-                           keep_cache=True)
-            completions = gen.texts
-            thoughts = [prompts.split_completion(c)[0] or "" for c in completions]
-            bridges, visible = continue_generation(gen, self.encode, self.decode,
-                                                   lambda b: prompts.scoring_prefix(completions[b]))
-            results = score_candidates(self.llm, bridges, cand_ids, self.tokenizer.pad_token_id,
-                                       cache=gen.cache, cache_mask=visible)
-        else:
-            prefixes = [p + self.encode(prompts.answer_prefix(None)) for p in prompt_ids]
-            results = score_candidates(self.llm, prefixes, cand_ids, self.tokenizer.pad_token_id)
-        for query, completion, thought, cands, res, ev, ch in zip(queries, completions, thoughts, cand_ids, results,
-                                                                  evidence, chains):
+        by_length = sorted(range(len(queries)), key=lambda k: len(prompt_ids[k]))
+        llm_out = {}
+        for start in range(0, len(by_length), self.score_batch_users):
+            batch = by_length[start:start + self.score_batch_users]
+            llm_out.update(zip(batch, zip(*self._run_llm([prompt_ids[k] for k in batch], [cand_ids[k] for k in batch]))))
+        for k, query in enumerate(queries):
             uid, _, history, shown = query
+            completion, res = llm_out[k]
             llm_scores = self.calibrated(shown, res.mean)
-            strength = [float(x) for x in ch[1]] if ch is not None else None
+            strength = [float(x) for x in chains[k][1]] if chains[k] is not None else None
             scores = evidence_fused(llm_scores, strength, self.evidence_weight)
             if self.constrained_answer:
-                choice = constrained_choice(cands, res.token_logprobs)
+                choice = constrained_choice(cand_ids[k], res.token_logprobs)
             elif self.generate_thoughts:
                 choice = prompts.parse_answer(completion, [self.titles[i] for i in shown])
             else:
                 choice = None
             self.answers.append({
                 "user": uid, "history": history, "candidates": shown, "scores": scores,
-                "llm_scores": llm_scores, "strength": strength,
-                "completion": completion, "thoughts": thought, "evidence": ev,
-                "answer_item": shown[choice] if choice is not None else None,
+                "llm_scores": llm_scores, "strength": strength, "completion": completion,
+                "thoughts": (prompts.split_completion(completion)[0] or "") if self.generate_thoughts else None,
+                "evidence": evidence[k], "answer_item": shown[choice] if choice is not None else None,
             })
             yield query, dict(zip(shown, scores))
+
+    def _run_llm(self, prompt_ids: list, cand_ids: list) -> tuple:
+        """One batch through the LLM: (completions, CandidateScores), per user. With generate_thoughts, the
+        candidates are scored against the generation's own cache; otherwise right after the prompt."""
+        if not self.generate_thoughts:
+            prefixes = [p + self.encode(prompts.answer_prefix(None)) for p in prompt_ids]
+            return [""] * len(prompt_ids), score_candidates(self.llm, prefixes, cand_ids, self.tokenizer.pad_token_id)
+        gen = generate(self.llm, self.tokenizer, prompt_ids, self.max_new_tokens, stop=prompts.ANSWER_CLOSE,
+                       keep_cache=True)
+        bridges, visible = continue_generation(gen, self.encode, self.decode,
+                                               lambda b: prompts.scoring_prefix(gen.texts[b]))
+        return gen.texts, score_candidates(self.llm, bridges, cand_ids, self.tokenizer.pad_token_id,
+                                           cache=gen.cache, cache_mask=visible)

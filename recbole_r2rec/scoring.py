@@ -6,8 +6,9 @@ thoughts. Everything before the answer runs once per user: either a fresh prompt
 that generation already filled (prompt + thoughts), continued by a short "bridge" (e.g.
 `</think>\\n<answer>`). All of a user's candidates then go through one packed forward against that
 cache, each attending to the shared context and to itself only (a tree-shaped 4D mask), with positions
-continuing the context. No forward pass per candidate, no copy of the cache, and logits only where a
-log-prob is read.
+continuing the context. No forward pass per candidate, and logits only where a log-prob is read.
+The head every prompt of a batch starts with (the chat template's system turn and the fixed start of
+the user turn) runs once per batch, not once per user.
 """
 from __future__ import annotations
 
@@ -48,8 +49,32 @@ def _left_pad(seqs, pad_id, device):
     return ids.to(device), mask.to(device)
 
 
+def common_head_length(seqs: list) -> int:
+    """How many leading tokens every sequence shares."""
+    width = min(len(s) for s in seqs)
+    rows = np.array([s[:width] for s in seqs])
+    differs = (rows != rows[0]).any(axis=0)
+    return int(differs.argmax()) if differs.any() else width
+
+
 @torch.no_grad()
-def score_candidates(model, bridges: list, candidates: list, pad_id: int, cache=None, cache_mask=None) -> list:
+def shared_head(model, bridges: list, min_tokens: int = 8) -> tuple:
+    """Run the tokens all `bridges` start with once and hand every row a copy of its KV cache:
+    (bridges without the head, cache, cache_mask), or (bridges, None, None) when the head is short
+    (< min_tokens) or there is one row. Each bridge keeps at least one token."""
+    if len(bridges) < 2:
+        return bridges, None, None
+    head = min(common_head_length(bridges), min(len(b) for b in bridges) - 1)
+    if head < min_tokens:
+        return bridges, None, None
+    out = model(input_ids=torch.tensor([bridges[0][:head]], device=model.device), use_cache=True, logits_to_keep=1)
+    out.cache.batch_repeat_interleave(len(bridges))
+    return [b[head:] for b in bridges], out.cache, torch.ones((len(bridges), head), dtype=torch.bool)
+
+
+@torch.no_grad()
+def score_candidates(model, bridges: list, candidates: list, pad_id: int, cache=None, cache_mask=None,
+                     share_head: bool = True) -> list:
     """Scores of every candidate of every user in one forward.
 
     bridges: per user, the tokens between the cache and the answer (>= 1 each); without a cache, the
@@ -57,12 +82,15 @@ def score_candidates(model, bridges: list, candidates: list, pad_id: int, cache=
     candidates: per user, a list of token-id lists (each candidate's answer tokens).
     cache, cache_mask: an optional filled KV cache and [B, C] bool of its slots each row may see; the
         visible slots of a row hold its positions 0..n-1, so the bridge continues at n.
+    share_head: without a cache, run the tokens every bridge starts with once (`shared_head`).
     Returns per user a CandidateScores.
     """
     device = model.device
     batch = len(bridges)
     if any(not b for b in bridges):
         raise ValueError("every user needs at least one bridge token before its candidates")
+    if cache is None and share_head:
+        bridges, cache, cache_mask = shared_head(model, bridges)
     if cache_mask is None:
         cache_mask = torch.zeros((batch, 0), dtype=torch.bool)
     cache_mask = cache_mask.to(device)

@@ -15,8 +15,8 @@ from recbole_r2rec.model import R2Rec
 from recbole_r2rec.protocol import ProtocolError, candidate_order, prepare_data
 from recbole_r2rec.registry import get_trainer
 from recbole_r2rec.runner import run
-from recbole_r2rec.scoring import (constrained_choice, continue_generation, evidence_fused, generate, score_candidates,
-                                   score_naive)
+from recbole_r2rec.scoring import (common_head_length, constrained_choice, continue_generation, evidence_fused, generate,
+                                   score_candidates, score_naive)
 from recbole_r2rec.trainer import parse_stages
 
 
@@ -55,6 +55,31 @@ def test_shared_prefix_scores_equal_naive_per_candidate_scores(tiny_llm_path):
     for p, c, s in zip(prefixes, cands, shared):
         np.testing.assert_allclose(s.mean, score_naive(model, p, c), atol=1e-5)
         assert len(s.token_logprobs) == len(c)
+
+
+def test_the_head_all_prompts_share_runs_once_and_scores_stay_the_same(tiny_llm_path):
+    """The system turn every prompt of a batch starts with is run once and its cache copied to each row;
+    rows of different lengths (left-padded after the shared head) must score as if run alone."""
+    model, tok = load_backbone(tiny_llm_path, dtype="float32", device="cpu")
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    head = "<|im_start|> the user chose these items oldest first blue green"
+    prefixes = [enc(f"{head} red star moon <answer>"), enc(f"{head} sun <answer>"),
+                enc(f"{head} king queen war love city road <think> fire </think> <answer>")]
+    assert common_head_length(prefixes) == len(enc(head))
+    assert common_head_length([[1, 2, 3], [1, 2], [1, 2, 3, 4]]) == 2 and common_head_length([[5], [6]]) == 0
+    cands = [[enc(t + " </answer>") for t in titles]
+             for titles in (["red star 1", "moon"], ["sun river", "night", "ice"], ["day", "love city road dream"])]
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    shared = score_candidates(model, prefixes, cands, tok.pad_token_id)
+    hook.remove()
+    assert calls[0] == (1, len(enc(head)))  # the head, once
+    assert calls[1][0] == 3 and calls[1][1] < max(map(len, prefixes))  # then each row without it
+    alone = score_candidates(model, prefixes, cands, tok.pad_token_id, share_head=False)
+    for p, c, s, a in zip(prefixes, cands, shared, alone):
+        np.testing.assert_allclose(s.mean, a.mean, atol=1e-5)
+        np.testing.assert_allclose(s.mean, score_naive(model, p, c), atol=1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
