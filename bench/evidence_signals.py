@@ -4,9 +4,11 @@ chosen on validation, never on test.
 
 Signals, per candidate c, over the user's last `history_len` items i0 (R2Rec's prompt history): the
 `evidence_signal`s of `InteractionGraph.chain_strength` (max_cochoosers, R2Rec's default evidence;
-sum_cochoosers; sum_cosine), and `popularity` (users who chose c: no chain at all) for reference.
+sum_cochoosers; sum_cosine), `sum_cosine@recency=d` for each `--recency` d (R2Rec's `evidence_recency`: the
+k-th most recent history item counts d**k), and `popularity` (users who chose c: no chain at all) for reference.
 
-    .venv/bin/python bench/evidence_signals.py --dataset ml-100k --out results/analysis/evidence_signals-ml-100k.json
+    .venv/bin/python bench/evidence_signals.py --dataset ml-100k --recency 0.9,0.7,0.5 \
+        --out results/analysis/evidence_signals-ml-100k.json
 """
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ from recbole_r2rec.config import build_config
 from recbole_r2rec.protocol import prepare_data
 
 
-def signals(graph: InteractionGraph, user: int, history: list, shown: list) -> dict:
+def signals(graph: InteractionGraph, user: int, history: list, shown: list, recency=()) -> dict:
     out = {name: graph.chain_strength(user, history, shown, name) for name in EVIDENCE_SIGNALS}
+    for d in recency:
+        out[f"sum_cosine@recency={d:g}"] = graph.chain_strength(user, history, shown, "sum_cosine", d)
     out["popularity"] = graph.popularity[np.asarray(shown, dtype=np.int64)].astype(float)
     return out
 
@@ -34,6 +38,8 @@ def main():
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--history_len", type=int, default=10)
+    parser.add_argument("--recency", type=lambda v: [float(x) for x in v.split(",")], default=[],
+                        help="comma list of evidence_recency values to add as signals")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -48,7 +54,7 @@ def main():
         history = prompts.history_ids(inter["item_id_list"][k].numpy(), int(inter["item_length"][k]),
                                       args.history_len)
         shown = list(valid.candidates[user])
-        for name, score in signals(graph, user, history, shown).items():
+        for name, score in signals(graph, user, history, shown, args.recency).items():
             order = np.lexsort((rng.random(len(shown)), -score))
             hits.setdefault(name, []).append(float(shown[order[0]] == target))
     out = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": len(inter),

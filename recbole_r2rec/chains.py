@@ -77,19 +77,24 @@ class InteractionGraph:
         The user's own interactions never count (at training time u0 chose the target itself)."""
         return self.evidence(user, history, candidates)[0]
 
-    def chain_strength(self, user: int, history, candidates, signal: str = "max_cochoosers") -> np.ndarray:
+    def chain_strength(self, user: int, history, candidates, signal: str = "max_cochoosers",
+                       recency: float = 1.0) -> np.ndarray:
         """Per candidate, how strongly chains through the history lead to it (what the evidence is
         ranked by; 0 = no chain): `max_cochoosers`, the co-choosers of its best chain (the count the
         evidence line shows); `sum_cochoosers`, summed over the history items; `sum_cosine`, the cosine of
         each history item and the candidate over users, summed (chains normalised by popularity, so a
-        blockbuster every user chose is not the strongest chain of everyone). Again without the user."""
-        return self.evidence(user, history, candidates, signal)[1]
+        blockbuster every user chose is not the strongest chain of everyone). Again without the user.
+        recency (summed signals): the chains through the k-th most recent history item count recency**k
+        (1 = all alike), for datasets where the last items say most about the next one."""
+        return self.evidence(user, history, candidates, signal, recency)[1]
 
-    def evidence(self, user: int, history, candidates, signal: str = "max_cochoosers") -> tuple:
+    def evidence(self, user: int, history, candidates, signal: str = "max_cochoosers", recency: float = 1.0) -> tuple:
         """(`candidate_support`, `chain_strength`) from one count of co-choosers, for prompts that show
-        the one and rank by the other."""
+        the one and rank by the other. `history` is oldest first."""
         if signal not in EVIDENCE_SIGNALS:
             raise ValueError(f"unknown evidence signal {signal!r}; known: {list(EVIDENCE_SIGNALS)}")
+        if not 0 < recency <= 1:
+            raise ValueError(f"evidence recency must be in (0, 1] (1: every history item counts alike), not {recency}")
         hist = np.array([i for i in history if i], dtype=np.int64)
         cands = np.asarray(candidates, dtype=np.int64)
         if not len(hist) or not len(cands):
@@ -102,10 +107,11 @@ class InteractionGraph:
         support = [(int(n), int(hist[b]) if n > 0 else None) for n, b in zip(counts, best)]
         if signal == "max_cochoosers":
             return support, counts.astype(float)
+        weight = recency ** np.arange(len(hist))[::-1]  # the most recent item (last) counts 1
         if signal == "sum_cochoosers":
-            return support, co.sum(axis=0).astype(float)
+            return support, weight @ co.astype(float)
         pop_h, pop_c = self.popularity[hist] - mine[hist], self.popularity[cands] - mine[cands]
-        return support, (co / np.sqrt(np.maximum(np.outer(pop_h, pop_c), 1))).sum(axis=0)
+        return support, weight @ (co / np.sqrt(np.maximum(np.outer(pop_h, pop_c), 1)))
 
     def shared_count(self, user: int, others: np.ndarray) -> np.ndarray:
         return np.asarray(self.co[user, others].todense()).ravel() if len(others) else np.zeros(0)

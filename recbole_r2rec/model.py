@@ -79,6 +79,10 @@ class R2Rec(SequentialRecommender):
                                              + prompts.answer_prefix(None))
         self.evidence_items = config["evidence_items"]
         self.evidence_signal = config["evidence_signal"]
+        self.evidence_recency = float(config["evidence_recency"])
+        if not 0 < self.evidence_recency <= 1:
+            raise ConfigError(f"evidence_recency must be in (0, 1] (1: every history item counts alike), "
+                              f"not {self.evidence_recency}")
         self.evidence_weight = float(config["evidence_weight"])
         if self.evidence_weight < 0:
             raise ConfigError(f"evidence_weight must be >= 0 (0: the LLM alone), not {self.evidence_weight}")
@@ -95,7 +99,9 @@ class R2Rec(SequentialRecommender):
 
     def candidate_evidence(self, user: int, history: list, shown: list) -> tuple | None:
         """`graph.evidence(...)` of the shown candidates: (support, strength), None without a graph."""
-        return self.graph.evidence(user, history, shown, self.evidence_signal) if self.graph is not None else None
+        if self.graph is None:
+            return None
+        return self.graph.evidence(user, history, shown, self.evidence_signal, self.evidence_recency)
 
     def grounding(self, user: int, history: list, shown: list, evidence: tuple | None = None) -> str:
         """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains

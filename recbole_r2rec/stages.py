@@ -81,8 +81,7 @@ def build_traces(model, train_dataset, graph: InteractionGraph, config) -> list:
         history = prompts.history_ids(inter[seq][row].numpy(), int(inter[length][row]), model.history_len)
         for chain in sampler.sample(user, history, target):
             shown = training_candidates(config, graph, probs, user, target, k)
-            evidence = (model.graph.evidence(user, history, shown, model.evidence_signal)
-                        if model.chain_evidence else (None, None))
+            evidence = model.candidate_evidence(user, history, shown) if model.chain_evidence else (None, None)
             chain, users = evidence_chain(model, graph, chain, shown, *evidence)
             trace = build_trace(chain, levels[k % len(levels)], history, shown, model.titles.__getitem__,
                                 model.describe, model.candidate_text,
@@ -132,11 +131,11 @@ def _common_args(model, config, out: Path, prefix: str) -> dict:
 
 
 _STAGE_KEYS = ("llm_path", "history_len", "candidate_attributes", "item_text_fields", "chain_evidence",
-               "evidence_items", "evidence_signal", "chains_per_example", "min_shared_items", "long_chains",
-               "max_new_tokens")
+               "evidence_items", "evidence_signal", "evidence_recency", "chains_per_example", "min_shared_items",
+               "long_chains", "max_new_tokens")
 # Settings added after stages were first saved, with the behaviour those stages had: a saved stage
 # without the key matches a run that sets it to this value.
-_SETTINGS_BEFORE_THEY_EXISTED = {"evidence_signal": "max_cochoosers"}
+_SETTINGS_BEFORE_THEY_EXISTED = {"evidence_signal": "max_cochoosers", "evidence_recency": 1.0}
 
 
 def stage_settings(config, stage: str) -> dict:

@@ -121,3 +121,17 @@ def test_chain_strength_signals_computed_by_hand():
     assert g.chain_strength(1, [], cands, "sum_cosine").tolist() == [0, 0, 0]
     with pytest.raises(ValueError, match="unknown evidence signal 'pmi'"):
         g.chain_strength(1, hist, cands, "pmi")
+
+
+def test_recency_weighs_chains_through_recent_history_items_more():
+    g = graph()
+    hist, cands = [1, 2, 3], [4, 7, 5]  # oldest first: 3 is the most recent (weight 1), 2 gets 0.5, 1 gets 0.25
+    # co-choosers per history item: 4 <- (1: 1, 2: 1, 3: 1); 7 <- (1: 1, 2: 1, 3: 0)
+    assert g.chain_strength(1, hist, cands, "sum_cochoosers", recency=0.5).tolist() == [1.75, 0.75, 0]
+    cos = g.chain_strength(1, hist, cands, "sum_cosine", recency=0.5)
+    assert cos[0] == pytest.approx(1.75 / np.sqrt(1 * 4)) and cos[1] == pytest.approx(0.75 / np.sqrt(1 * 2))
+    # the evidence line (the best single chain) does not depend on it
+    assert g.chain_strength(1, hist, cands, "max_cochoosers", recency=0.5).tolist() == [1, 1, 0]
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match=r"recency must be in \(0, 1\]"):
+            g.chain_strength(1, hist, cands, "sum_cosine", recency=bad)

@@ -198,21 +198,27 @@ def test_evidence_weight_ranks_by_llm_score_plus_chain_strength(tiny_r2rec):
 
 def test_without_llm_candidates_are_ranked_by_chain_strength_alone(tiny_data_path, tiny_llm_path):
     """llm_path: none (the ablation "chains without the LLM"): no backbone is loaded, and each row's
-    score is its candidate's chain strength in the training graph, recomputed here from the graph."""
-    config, (train, _, test) = _r2rec("tiny", tiny_data_path, "none", stages="none")
+    score is its candidate's chain strength in the training graph (recent history items weighing more,
+    evidence_recency), recomputed here from the graph."""
+    config, (train, _, test) = _r2rec("tiny", tiny_data_path, "none", stages="none", evidence_recency=0.5)
     model = R2Rec(config, train._dataset)
     assert model.llm is None and model.tokenizer is None
     interaction = test.collate_fn(np.arange(len(test.uid_list)))[0]
     scores = model.predict(interaction)
     assert len(model.answers) == len(test.uid_list)
+    differs = 0
     for answer in model.answers:
         _, strength = model.graph.evidence(answer["user"], answer["history"], answer["candidates"],
-                                           model.evidence_signal)
+                                           model.evidence_signal, 0.5)
+        _, unweighted = model.graph.evidence(answer["user"], answer["history"], answer["candidates"],
+                                             model.evidence_signal)
+        differs += not np.allclose(strength, unweighted)
         by_item = dict(zip(answer["candidates"], strength.tolist()))
         rows = [r for r in range(len(interaction)) if int(interaction["user_id"][r]) == answer["user"]]
         assert len(rows) == 20
         np.testing.assert_allclose([float(scores[r]) for r in rows],
                                    [by_item[int(interaction["item_id"][r])] for r in rows], atol=1e-6)
+    assert differs > 0  # the recency weighting reached the scores
     result = get_trainer(ModelType.SEQUENTIAL, "R2Rec")(config, model).evaluate(test)
     assert "valid_ratio" not in result  # no answers are generated without an LLM
 
@@ -226,6 +232,13 @@ def test_without_llm_there_is_nothing_to_train(tiny_data_path):
 def test_negative_evidence_weight_is_a_config_error(tiny_data_path, tiny_llm_path):
     config, (train, _, _) = _r2rec("tiny", tiny_data_path, tiny_llm_path, evidence_weight=-1)
     with pytest.raises(ConfigError, match="evidence_weight must be >= 0"):
+        R2Rec(config, train._dataset)
+
+
+@pytest.mark.parametrize("recency", [0, -0.5, 2])
+def test_evidence_recency_outside_zero_one_is_a_config_error(tiny_data_path, recency):
+    config, (train, _, _) = _r2rec("tiny", tiny_data_path, "none", stages="none", evidence_recency=recency)
+    with pytest.raises(ConfigError, match=r"evidence_recency must be in \(0, 1\]"):
         R2Rec(config, train._dataset)
 
 
