@@ -4,7 +4,7 @@ chosen on validation, never on test.
 
 Signals, per candidate c, over the user's last `history_len` items i0 (R2Rec's prompt history): the
 `evidence_signal`s of `InteractionGraph.chain_strength` (max_cochoosers, R2Rec's default evidence;
-sum_cochoosers; sum_cosine), `sum_cosine@recency=d` for each `--recency` d (R2Rec's `evidence_recency`: the
+sum_cochoosers; sum_cosine), the summed ones again as `<signal>@recency=d` for each `--recency` d (R2Rec's `evidence_recency`: the
 k-th most recent history item counts d**k), and `popularity` (users who chose c: no chain at all) for reference.
 
     .venv/bin/python bench/evidence_signals.py --dataset ml-100k --recency 0.9,0.7,0.5 \
@@ -28,7 +28,8 @@ from recbole_r2rec.protocol import prepare_data
 def signals(graph: InteractionGraph, user: int, history: list, shown: list, recency=()) -> dict:
     out = {name: graph.chain_strength(user, history, shown, name) for name in EVIDENCE_SIGNALS}
     for d in recency:
-        out[f"sum_cosine@recency={d:g}"] = graph.chain_strength(user, history, shown, "sum_cosine", d)
+        for name in ("sum_cochoosers", "sum_cosine"):
+            out[f"{name}@recency={d:g}"] = graph.chain_strength(user, history, shown, name, d)
     out["popularity"] = graph.popularity[np.asarray(shown, dtype=np.int64)].astype(float)
     return out
 
