@@ -3,9 +3,9 @@ the training graph alone (no LLM), on *validation* users, so that the evidence R
 chosen on validation, never on test.
 
 Signals, per candidate c, over the user's last `history_len` items i0 (R2Rec's prompt history): the
-`evidence_signal`s of `InteractionGraph.chain_strength` (max_cochoosers, R2Rec's default evidence;
-sum_cochoosers; sum_cosine), the summed ones again as `<signal>@recency=d` for each `--recency` d (R2Rec's `evidence_recency`: the
-k-th most recent history item counts d**k), and `popularity` (users who chose c: no chain at all) for reference.
+`evidence_signal`s of `InteractionGraph.chain_strength` (max_cochoosers; sum_cochoosers; sum_cosine), the
+summed ones again as `<signal>@recency=d` for each `--recency` d (R2Rec's `evidence_recency`: the k-th most
+recent history item counts d**k), and `popularity` (users who chose c: no chain at all) for reference.
 
     .venv/bin/python bench/evidence_signals.py --dataset ml-100k --recency 0.9,0.7,0.5 \
         --out results/analysis/evidence_signals-ml-100k.json
