@@ -72,7 +72,7 @@ def test_the_head_all_prompts_share_runs_once_and_scores_stay_the_same(tiny_llm_
     calls = []
     hook = model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape),
                                            with_kwargs=True)
-    shared = score_candidates(model, prefixes, cands, tok.pad_token_id)
+    shared = score_candidates(model, prefixes, cands, tok.pad_token_id, share_head=True)
     hook.remove()
     assert calls[0] == (1, len(enc(head)))  # the head, once
     assert calls[1][0] == 3 and calls[1][1] < max(map(len, prefixes))  # then each row without it
