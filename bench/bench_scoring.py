@@ -117,8 +117,8 @@ def main():
     head = common_head_length([q[0] + prefix for q in queries])
     prompt_tokens = sum(len(q[0]) + len(prefix) for q in queries)  # what the default scorer (no shared head) runs
     cand_tokens = sum(len(c) for q in queries for c in q[2])
-    avg_ctx_prompt = np.mean([len(q[0]) + len(prefix) for q in queries]) / 2
-    avg_ctx_cand = np.mean([len(q[0]) + len(prefix) for q in queries])
+    avg_ctx_cand = prompt_tokens / n
+    avg_ctx_prompt = avg_ctx_cand / 2
     flops = forward_flops(llm, prompt_tokens, n, avg_ctx_prompt) + forward_flops(llm, cand_tokens, cand_tokens, avg_ctx_cand)
     dtype = next(llm.parameters()).dtype
     valid = sum(len(a) == 1 for a in results["gen"]) / n
@@ -127,7 +127,7 @@ def main():
                     "device": str(llm.device), "dtype": str(dtype)},
         "model": "SmolLM2-135M-Instruct (embedded default)",
         "users": n, "candidates_per_user": 20,
-        "avg_prompt_tokens": np.mean([len(q[0]) + len(prefix) for q in queries]), "avg_candidate_tokens": cand_tokens / (20 * n),
+        "avg_prompt_tokens": prompt_tokens / n, "avg_candidate_tokens": cand_tokens / (20 * n),
         "shared_scorer": {"users_per_s": n / t_shared, "seconds": t_shared,
                           "gflop_per_s": flops / t_shared / 1e9, "gflop_per_user": flops / n / 1e9},
         "shared_scorer_with_shared_head": {"users_per_s": n / t_head, "seconds": t_head,

@@ -35,6 +35,12 @@ class Chain:
 EVIDENCE_SIGNALS = ("max_cochoosers", "sum_cochoosers", "sum_cosine")
 
 
+def check_recency(recency: float) -> None:
+    """`evidence_recency` weighs the k-th most recent history item recency**k: it must be in (0, 1]."""
+    if not 0 < recency <= 1:
+        raise ValueError(f"evidence_recency must be in (0, 1] (1: every history item counts alike), not {recency}")
+
+
 class InteractionGraph:
     """Users x items of the training split, indexed once (sparse), with co-interaction counts."""
 
@@ -93,8 +99,7 @@ class InteractionGraph:
         the one and rank by the other. `history` is oldest first."""
         if signal not in EVIDENCE_SIGNALS:
             raise ValueError(f"unknown evidence signal {signal!r}; known: {list(EVIDENCE_SIGNALS)}")
-        if not 0 < recency <= 1:
-            raise ValueError(f"evidence recency must be in (0, 1] (1: every history item counts alike), not {recency}")
+        check_recency(recency)
         hist = np.array([i for i in history if i], dtype=np.int64)
         cands = np.asarray(candidates, dtype=np.int64)
         if not len(hist) or not len(cands):

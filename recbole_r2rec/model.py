@@ -11,7 +11,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_r2rec import prompts
-from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph
+from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph, check_recency
 from recbole_r2rec.config import ConfigError
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
@@ -80,9 +80,10 @@ class R2Rec(SequentialRecommender):
         self.evidence_items = config["evidence_items"]
         self.evidence_signal = config["evidence_signal"]
         self.evidence_recency = float(config["evidence_recency"])
-        if not 0 < self.evidence_recency <= 1:
-            raise ConfigError(f"evidence_recency must be in (0, 1] (1: every history item counts alike), "
-                              f"not {self.evidence_recency}")
+        try:
+            check_recency(self.evidence_recency)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         self.evidence_weight = float(config["evidence_weight"])
         if self.evidence_weight < 0:
             raise ConfigError(f"evidence_weight must be >= 0 (0: the LLM alone), not {self.evidence_weight}")
