@@ -145,6 +145,9 @@ def peak_memory_mb() -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_recbole_r2rec.py",
+        # No abbreviations: argparse would read the config override --seed=2021 as --seeds (the
+        # leaderboard's flag) and silently run the default seed.
+        allow_abbrev=False,
         description="Train and evaluate a model (R2Rec or any RecBole model) under the shared protocol.",
         epilog=(
             "Any other --key=value is a RecBole/R2Rec config override (highest priority), e.g. "

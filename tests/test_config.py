@@ -4,7 +4,8 @@ import pytest
 
 from recbole_r2rec.config import ConfigError, DatasetNotFoundError, build_config, check_dataset_on_disk
 from recbole_r2rec.registry import UnknownModelError, get_model, get_trainer
-from recbole_r2rec.runner import parse_overrides, run
+from recbole_r2rec.leaderboard import Cell, cell_command
+from recbole_r2rec.runner import build_parser, parse_overrides, run
 
 
 def test_layers_overall_dataset_model_files_cmdline(tmp_path):
@@ -89,3 +90,13 @@ def test_parse_overrides_types_and_errors():
         parse_overrides(["stray"])
     with pytest.raises(SystemExit, match="needs a value"):
         parse_overrides(["--epochs"])
+
+
+def test_a_leaderboard_cell_runs_its_own_seed():
+    """The cell's --seed=2021 must reach the config as an override, not be taken by argparse as an
+    abbreviation of the leaderboard's --seeds (which silently ran every cell with the default seed)."""
+    argv = cell_command(Cell("SASRec", "ml-100k", 2021), "out.json", ["--epochs=1"])[2:]
+    args, rest = build_parser().parse_known_args(argv)
+    assert (args.model, args.dataset, args.result_file) == ("SASRec", "ml-100k", "out.json")
+    assert parse_overrides(rest) == {"seed": 2021, "epochs": 1}
+    assert args.seeds == "2020,2021,2022"  # the grid's default, untouched by the cell's --seed
