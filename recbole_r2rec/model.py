@@ -54,6 +54,7 @@ class R2Rec(SequentialRecommender):
         self.max_new_tokens = config["max_new_tokens"]
         self.constrained_answer = config["constrained_answer"]
         self.score_batch_users = config["score_batch_users"]
+        self.share_head = bool(config["score_share_head"])
         self.score_calibration = config["score_calibration"]
         if self.score_calibration not in ("none", "item_prior"):
             raise ConfigError(f"score_calibration must be 'none' or 'item_prior', not {self.score_calibration!r}")
@@ -204,7 +205,8 @@ class R2Rec(SequentialRecommender):
             chunk = range(s, min(s + self.score_batch_users, len(prompt_texts)))
             prefixes = [self.encode(prompt_texts[i] + prompts.scoring_prefix(completions[i])) for i in chunk]
             cands = [[self.answer_tokens(t) for t in titles[i]] for i in chunk]
-            scores += [r.mean for r in score_candidates(self.llm, prefixes, cands, self.tokenizer.pad_token_id)]
+            scores += [r.mean for r in score_candidates(self.llm, prefixes, cands, self.tokenizer.pad_token_id,
+                                                        share_head=self.share_head)]
         self.llm.train(training)
         return scores
 
@@ -257,7 +259,8 @@ class R2Rec(SequentialRecommender):
         candidates are scored against the generation's own cache; otherwise right after the prompt."""
         if not self.generate_thoughts:
             prefixes = [p + self.encode(prompts.answer_prefix(None)) for p in prompt_ids]
-            return [""] * len(prompt_ids), score_candidates(self.llm, prefixes, cand_ids, self.tokenizer.pad_token_id)
+            return [""] * len(prompt_ids), score_candidates(self.llm, prefixes, cand_ids, self.tokenizer.pad_token_id,
+                                                            share_head=self.share_head)
         gen = generate(self.llm, self.tokenizer, prompt_ids, self.max_new_tokens, stop=prompts.ANSWER_CLOSE,
                        keep_cache=True)
         bridges, visible = continue_generation(gen, self.encode, self.decode,
