@@ -93,7 +93,7 @@ def main():
 
     # Interleaved timing: every batch runs every method back to back, in an order that rotates from
     # batch to batch, so a slow spell of this shared machine (or a warm cache) hits all methods alike.
-    # (Timing whole methods one after another made whichever ran first look ~25% slower.)
+    # (Timing whole methods one after another made whichever ran first look 8-15% slower.)
     batches = [queries[s:s + args.batch_users] for s in range(0, n, args.batch_users)]
     methods = {"scorer": lambda chunk: shared(chunk, share_head=True),
                "scorer_without_shared_head": shared, "generate_then_match": generate_then_match}
