@@ -95,6 +95,26 @@ def restore_dok_private_update() -> None:
         dok_matrix._update = lambda self, data: self._dict.update(data)
 
 
+def bert4rec_batch_without_masked_items() -> None:
+    """RecBole's BERT4Rec averages its loss over the masked positions (`masked_index > 0`, so a masked
+    first position does not count either). A training batch with none (a small last batch of short
+    sequences, e.g. lastfm at seed 2021) gives 0/0 = NaN, and RecBole's trainer stops the whole run
+    with `Training loss is nan`. Such a batch now has loss 0: it teaches nothing, as it should."""
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+
+    original = BERT4Rec.calculate_loss
+    if getattr(original, "_r2rec_fixed", False):
+        return
+
+    def calculate_loss(self, interaction):
+        if not bool((interaction[self.MASK_INDEX] > 0).any()):
+            return self.output_bias.sum() * 0.0
+        return original(self, interaction)
+
+    calculate_loss._r2rec_fixed = True
+    BERT4Rec.calculate_loss = calculate_loss
+
+
 def quiet_known_warnings() -> None:
     """RecBole 1.2.1 triggers pandas 2.x and torch deprecation warnings on every run (chained
     `fillna(inplace=True)`, `torch.cuda.amp.GradScaler`); they are harmless with the pinned versions
@@ -114,4 +134,5 @@ def apply() -> None:
     trust_recbole_checkpoints()
     restore_dok_private_update()
     disable_import_time_anomaly_detection()
+    bert4rec_batch_without_masked_items()
     _APPLIED = True

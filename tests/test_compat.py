@@ -83,3 +83,31 @@ def test_lightgcn_builds_its_graph_with_todays_scipy(tiny_data_path, in_tmp):
     assert adj[u, n_users + i].item() == pytest.approx((deg_u * deg_i) ** -0.5, rel=1e-5)
     assert adj[u, n_users + i] == adj[n_users + i, u]
     assert int((adj != 0).sum()) == 2 * len(set(zip(users.tolist(), items.tolist())))
+
+
+def test_bert4rec_batch_with_no_masked_item_has_zero_loss_not_nan(tiny_data_path, in_tmp):
+    """RecBole divides BERT4Rec's loss by the number of masked positions: a batch with none gave NaN and
+    stopped training (lastfm, seed 2021). A batch with masked items keeps RecBole's own loss."""
+    from recbole.data import create_dataset
+    from recbole.data.interaction import Interaction
+
+    from conftest import tiny
+    from recbole_r2rec.protocol import prepare_data
+    from recbole_r2rec.registry import get_model
+
+    config = build_config("BERT4Rec", "tiny", overrides=tiny(data_path=tiny_data_path))
+    train, _, _ = prepare_data(config, create_dataset(config))
+    model = get_model("BERT4Rec")(config, train._dataset)
+    batch, length, masks = 3, model.max_seq_length, model.mask_item_length
+    seq = torch.randint(1, model.n_items, (batch, length))
+    items = torch.randint(1, model.n_items, (batch, masks))
+    none_masked = Interaction({model.MASK_ITEM_SEQ: seq, model.POS_ITEMS: items, model.NEG_ITEMS: items,
+                               model.MASK_INDEX: torch.zeros((batch, masks), dtype=torch.long)})
+    loss = model.calculate_loss(none_masked)
+    assert loss.item() == 0.0 and loss.requires_grad
+    index = torch.zeros((batch, masks), dtype=torch.long)
+    index[:, 0] = 2  # one masked position per row
+    masked = Interaction({model.MASK_ITEM_SEQ: seq, model.POS_ITEMS: items, model.NEG_ITEMS: items,
+                          model.MASK_INDEX: index})
+    loss = model.calculate_loss(masked)
+    assert torch.isfinite(loss) and loss.item() > 0
