@@ -82,7 +82,7 @@ def main():
     prefix = model.encode(prompts.answer_prefix(None))
     n = len(queries)
 
-    def shared(chunk, share_head=False):  # R2Rec's scorer (its default: share_head on)
+    def shared(chunk, share_head):  # R2Rec's scorer (score_share_head: true by default)
         return score_candidates(llm, [q[0] + prefix for q in chunk], [q[2] for q in chunk], tok.pad_token_id,
                                 share_head=share_head)
 
@@ -96,7 +96,8 @@ def main():
     # (Timing whole methods one after another made whichever ran first look 8-15% slower.)
     batches = [queries[s:s + args.batch_users] for s in range(0, n, args.batch_users)]
     methods = {"scorer": lambda chunk: shared(chunk, share_head=True),
-               "scorer_without_shared_head": shared, "generate_then_match": generate_then_match}
+               "scorer_without_shared_head": lambda chunk: shared(chunk, share_head=False),
+               "generate_then_match": generate_then_match}
     for fn in methods.values():  # warm-up, untimed
         fn(batches[0][:2])
     seconds = {key: [] for key in methods}
@@ -109,12 +110,11 @@ def main():
             seconds[key].append(time.perf_counter() - start)
             results[key] += out
     # The per-candidate scorer is ~15x slower: a few users, one from each of the first batches.
-    naive_queries = [batch[len(batch) // 2] for batch in batches][:args.naive_users]
+    picks = [b * args.batch_users + len(batch) // 2 for b, batch in enumerate(batches)][:args.naive_users]
+    naive_queries = [queries[i] for i in picks]
     start = time.perf_counter()
     naive = [score_naive(llm, q[0] + prefix, q[2]) for q in naive_queries]
     t_naive = time.perf_counter() - start
-    shared_of_naive = [results["scorer"][b * args.batch_users + len(batch) // 2]
-                       for b, batch in enumerate(batches[:len(naive_queries)])]
     t_head, t_shared, t_gen = (sum(seconds[key]) for key in methods)
 
     def paired(a, b):
@@ -129,7 +129,7 @@ def main():
     def max_diff(scored, reference):
         return max(abs(a - b) for s, r in zip(scored, reference) for a, b in zip(s.mean, r))
 
-    agree = max_diff(shared_of_naive, naive)
+    agree = max_diff([results["scorer"][i] for i in picks], naive)
     dtype = next(llm.parameters()).dtype
     head = common_head_length([q[0] + prefix for q in queries])
     prompt_tokens = sum(len(q[0]) + len(prefix) for q in queries)
