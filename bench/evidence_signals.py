@@ -5,9 +5,11 @@ chosen on validation, never on test.
 Signals, per candidate c, over the user's last `history_len` items i0 (R2Rec's prompt history): the
 `evidence_signal`s of `InteractionGraph.chain_strength` (max_cochoosers; sum_cochoosers; sum_cosine), the
 summed ones again as `<signal>@recency=d` for each `--recency` d (R2Rec's `evidence_recency`: the k-th most
-recent history item counts d**k), and `popularity` (users who chose c: no chain at all) for reference.
+recent history item counts d**k), the same over *ordered* chains as `<signal>@window=w,recency=d` for each
+`--window` w (R2Rec's `evidence_window`: the co-chooser chose c within w steps after i0), and `popularity`
+(users who chose c: no chain at all) for reference.
 
-    .venv/bin/python bench/evidence_signals.py --dataset ml-100k --recency 0.9,0.7,0.5 \
+    .venv/bin/python bench/evidence_signals.py --dataset ml-100k --recency 0.9,0.7,0.5 --window 3,10,20 \
         --out results/analysis/evidence_signals-ml-100k.json
 """
 from __future__ import annotations
@@ -25,11 +27,15 @@ from recbole_r2rec.config import build_config
 from recbole_r2rec.protocol import prepare_data
 
 
-def signals(graph: InteractionGraph, user: int, history: list, shown: list, recency=()) -> dict:
+def signals(graph: InteractionGraph, user: int, history: list, shown: list, recency=(), windows=()) -> dict:
     out = {name: graph.chain_strength(user, history, shown, name) for name in EVIDENCE_SIGNALS}
     for d in recency:
         for name in ("sum_cochoosers", "sum_cosine"):
             out[f"{name}@recency={d:g}"] = graph.chain_strength(user, history, shown, name, d)
+    for w in windows:
+        for d in (1.0, *recency):
+            for name in EVIDENCE_SIGNALS[1:] if d != 1 else EVIDENCE_SIGNALS:
+                out[f"{name}@window={w},recency={d:g}"] = graph.chain_strength(user, history, shown, name, d, w)
     out["popularity"] = graph.popularity[np.asarray(shown, dtype=np.int64)].astype(float)
     return out
 
@@ -41,6 +47,8 @@ def main():
     parser.add_argument("--history_len", type=int, default=10)
     parser.add_argument("--recency", type=lambda v: [float(x) for x in v.split(",")], default=[],
                         help="comma list of evidence_recency values to add as signals")
+    parser.add_argument("--window", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                        help="comma list of evidence_window values (ordered chains) to add as signals")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -55,11 +63,11 @@ def main():
         history = prompts.history_ids(inter["item_id_list"][k].numpy(), int(inter["item_length"][k]),
                                       args.history_len)
         shown = list(valid.candidates[user])
-        for name, score in signals(graph, user, history, shown, args.recency).items():
+        for name, score in signals(graph, user, history, shown, args.recency, args.window).items():
             order = np.lexsort((rng.random(len(shown)), -score))
             hits.setdefault(name, []).append(float(shown[order[0]] == target))
     out = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": len(inter),
-           "history_len": args.history_len, "hit@1": {name: float(np.mean(h)) for name, h in hits.items()}}
+           "history_len": args.history_len, "recency": args.recency, "window": args.window, "hit@1": {name: float(np.mean(h)) for name, h in hits.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))

@@ -5,7 +5,9 @@ For a training example (user u0, history H, next item t), a closed chain is
     u0 -> i0 -> u1 -> t            (i0 in H; u1 != u0 interacted with both i0 and t)
     u0 -> i0 -> u1 -> i1 -> u2 -> t (optional longer chain)
 
-It closes back on u0 through the target (the closure constraint). u1 is preferred from the paper's pool
+It closes back on u0 through the target (the closure constraint). An *ordered* chain (`evidence_window`
+w > 0) also asks that u1 chose t within w steps after i0 in u1's training sequence, for datasets where
+what comes next matters (ml-100k), not only what goes together. u1 is preferred from the paper's pool
 U_cand(u0) = users sharing at least `min_shared` (2) items with u0 (not counting the target, which every
 closing user shares), weighted by how many they share;
 a user with no such neighbour falls back to any user who chose both i0 and t. The graph holds training
@@ -44,7 +46,8 @@ def check_recency(recency: float) -> None:
 class InteractionGraph:
     """Users x items of the training split, indexed once (sparse), with co-interaction counts."""
 
-    def __init__(self, user_items: dict, n_users: int, n_items: int, held_out: dict | None = None):
+    def __init__(self, user_items: dict, n_users: int, n_items: int, held_out: dict | None = None,
+                 sequences: dict | None = None):
         rows = [u for u, items in user_items.items() for _ in items]
         cols = [i for items in user_items.values() for i in items]
         self.matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(n_users, n_items))
@@ -52,6 +55,8 @@ class InteractionGraph:
         self.co = (self.matrix @ self.matrix.T).tocsr()  # co[u, v] = items u and v share
         self.popularity = np.asarray(self.by_item.sum(axis=1)).ravel()  # users per item
         self.held_out = held_out or {}
+        self.sequences = sequences or {}  # user -> training items in time order (ordered chains)
+        self._followers = {}  # window -> item x item matrix of users who chose the column soon after the row
 
     @classmethod
     def from_training(cls, train_dataset, seen: dict | None = None):
@@ -60,6 +65,7 @@ class InteractionGraph:
         uid, iid = train_dataset.uid_field, train_dataset.iid_field
         inter = train_dataset.inter_feat
         user_items: dict = {}
+        sequences: dict = {}
         users = inter[uid].tolist()
         targets = inter[iid].tolist()
         seq_field = iid + train_dataset.config["LIST_SUFFIX"]
@@ -68,14 +74,46 @@ class InteractionGraph:
             items = user_items.setdefault(u, set())
             items.add(t)
             items.update(i for i in h if i)
+            if u not in sequences:  # a user's rows come in time order: first history, then each target
+                sequences[u] = [i for i in h if i]
+            sequences[u].append(t)
         held_out = {u: items - user_items.get(u, set()) for u, items in (seen or {}).items()}
-        return cls(user_items, train_dataset.user_num, train_dataset.item_num, held_out)
+        ordered = seq_field in inter.interaction
+        return cls(user_items, train_dataset.user_num, train_dataset.item_num, held_out, sequences if ordered else None)
 
     def items_of(self, user: int) -> np.ndarray:
         return self.matrix.indices[self.matrix.indptr[user]:self.matrix.indptr[user + 1]]
 
     def users_of(self, item: int) -> np.ndarray:
         return self.by_item.indices[self.by_item.indptr[item]:self.by_item.indptr[item + 1]]
+
+    def _pairs(self, user: int, window: int) -> np.ndarray:
+        """(i, c) pairs, as i * n_items + c, where the user chose c within `window` steps after i."""
+        seq = np.asarray(self.sequences.get(user, ()), dtype=np.int64)
+        n = self.matrix.shape[1]
+        keys = [seq[:-d] * n + seq[d:] for d in range(1, min(window, len(seq) - 1) + 1)]
+        keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+        return keys[keys // n != keys % n]
+
+    def followers(self, window: int) -> sp.csr_matrix:
+        """[i, c] = users who chose c within `window` steps after i (ordered co-choosers), built once."""
+        if not self.sequences:
+            raise ValueError("ordered chains (evidence_window > 0) need the training sequences in time order; "
+                             "this graph was built from data without item lists")
+        if window not in self._followers:
+            n = self.matrix.shape[1]
+            keys = np.concatenate([self._pairs(u, window) for u in self.sequences] or [np.zeros(0, np.int64)])
+            self._followers[window] = sp.csr_matrix((np.ones(len(keys), dtype=np.int32), (keys // n, keys % n)),
+                                                    shape=(n, n))
+        return self._followers[window]
+
+    def cochoosers(self, item: int, then: int, window: int = 0) -> np.ndarray:
+        """Users who chose both `item` and `then` (with `window`: `then` within that many steps after)."""
+        users = np.intersect1d(self.users_of(item), self.users_of(then))
+        if window:
+            key = item * self.matrix.shape[1] + then
+            users = np.array([u for u in users.tolist() if key in self._pairs(u, window)], dtype=np.int64)
+        return users
 
     def candidate_support(self, user: int, history, candidates) -> list:
         """Per candidate c, the strongest real chain u0 -> i0 -> u1 -> c through the history: (number of
@@ -84,19 +122,21 @@ class InteractionGraph:
         return self.evidence(user, history, candidates)[0]
 
     def chain_strength(self, user: int, history, candidates, signal: str = "max_cochoosers",
-                       recency: float = 1.0) -> np.ndarray:
+                       recency: float = 1.0, window: int = 0) -> np.ndarray:
         """Per candidate, how strongly chains through the history lead to it (what the evidence is
         ranked by; 0 = no chain): `max_cochoosers`, the co-choosers of its best chain (the count the
         evidence line shows); `sum_cochoosers`, summed over the history items; `sum_cosine`, the cosine of
         each history item and the candidate over users, summed (chains normalised by popularity, so a
         blockbuster every user chose is not the strongest chain of everyone). Again without the user.
         recency (summed signals): the chains through the k-th most recent history item count recency**k
-        (1 = all alike), for datasets where the last items say most about the next one."""
-        return self.evidence(user, history, candidates, signal, recency)[1]
+        (1 = all alike), for datasets where the last items say most about the next one. window > 0: only
+        ordered chains count (co-choosers who chose the candidate within `window` steps after i0)."""
+        return self.evidence(user, history, candidates, signal, recency, window)[1]
 
-    def evidence(self, user: int, history, candidates, signal: str = "max_cochoosers", recency: float = 1.0) -> tuple:
+    def evidence(self, user: int, history, candidates, signal: str = "max_cochoosers", recency: float = 1.0,
+                 window: int = 0) -> tuple:
         """(`candidate_support`, `chain_strength`) from one count of co-choosers, for prompts that show
-        the one and rank by the other. `history` is oldest first."""
+        the one and rank by the other. `history` is oldest first; `window` as in `chain_strength`."""
         if signal not in EVIDENCE_SIGNALS:
             raise ValueError(f"unknown evidence signal {signal!r}; known: {list(EVIDENCE_SIGNALS)}")
         check_recency(recency)
@@ -105,8 +145,13 @@ class InteractionGraph:
         if not len(hist) or not len(cands):
             return [(0, None)] * len(cands), np.zeros(len(cands))
         mine = self.matrix[user].toarray().ravel()
-        co = (self.by_item[hist] @ self.by_item[cands].T).toarray()  # [H, C] users who chose both
-        co -= np.outer(mine[hist], mine[cands])
+        if window:  # [H, C] other users who chose c soon after i0
+            n = self.matrix.shape[1]
+            co = self.followers(window)[hist][:, cands].toarray()
+            co -= np.isin(hist[:, None] * n + cands[None, :], self._pairs(user, window)).astype(co.dtype)
+        else:  # [H, C] other users who chose both
+            co = (self.by_item[hist] @ self.by_item[cands].T).toarray()
+            co -= np.outer(mine[hist], mine[cands])
         best = co.argmax(axis=0)
         counts = co[best, np.arange(len(cands))]
         support = [(int(n), int(hist[b]) if n > 0 else None) for n, b in zip(counts, best)]

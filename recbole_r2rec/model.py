@@ -85,6 +85,10 @@ class R2Rec(SequentialRecommender):
             check_recency(self.evidence_recency)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        self.evidence_window = config["evidence_window"]
+        if not isinstance(self.evidence_window, int) or isinstance(self.evidence_window, bool) or self.evidence_window < 0:
+            raise ConfigError(f"evidence_window must be an integer >= 0 (0: chains in any order), "
+                              f"not {self.evidence_window!r}")
         self.evidence_weight = float(config["evidence_weight"])
         if self.evidence_weight < 0:
             raise ConfigError(f"evidence_weight must be >= 0 (0: the LLM alone), not {self.evidence_weight}")
@@ -103,7 +107,8 @@ class R2Rec(SequentialRecommender):
         """`graph.evidence(...)` of the shown candidates: (support, strength), None without a graph."""
         if self.graph is None:
             return None
-        return self.graph.evidence(user, history, shown, self.evidence_signal, self.evidence_recency)
+        return self.graph.evidence(user, history, shown, self.evidence_signal, self.evidence_recency,
+                                   self.evidence_window)
 
     def grounding(self, user: int, history: list, shown: list, evidence: tuple | None = None) -> str:
         """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains
@@ -114,7 +119,8 @@ class R2Rec(SequentialRecommender):
             return ""
         support, strength = evidence or self.candidate_evidence(user, history, shown)
         return prompts.support_evidence([(self.titles[c], n, self.titles[via] if via else "")
-                                         for c, (n, via) in zip(shown, support)], self.evidence_items, strength)
+                                         for c, (n, via) in zip(shown, support)], self.evidence_items, strength,
+                                        self.evidence_window > 0)
 
     def prompt_text(self, history: list, shown: list, user: int = 0, context: str = "", evidence=None) -> str:
         """The chat prompt; `evidence`: this user's `grounding` if already computed."""

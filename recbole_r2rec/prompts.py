@@ -100,22 +100,25 @@ def strongest(counts: list, top: int) -> list:
     return sorted((k for k, n in enumerate(counts) if n > 0), key=lambda k: -counts[k])[:top]
 
 
-def support_evidence(support: list, top: int, strength=None) -> str:
+def support_evidence(support: list, top: int, strength=None, ordered: bool = False) -> str:
     """Chain-grounded evidence for the prompt: the `top` candidates with the strongest real chains
     through the user's history, strongest first (ties keep the display order). support: per shown
-    candidate (title, users, via title); `strength`: per candidate, what to rank by (default: users)."""
+    candidate (title, users, via title); `strength`: per candidate, what to rank by (default: users);
+    `ordered`: the users chose the candidate soon after the history item (`evidence_window`)."""
     strength = [n for _, n, _ in support] if strength is None else list(strength)
     ranked = [support[k] for k in strongest(strength, top)]
     if not ranked:
         return "Evidence from other users: none of the candidates was chosen by users who share your items."
     lines = ["Evidence from other users (strongest first):"]
-    lines += [f"- {evidence_line(title, n, via)}" for title, n, via in ranked]
+    lines += [f"- {evidence_line(title, n, via, ordered)}" for title, n, via in ranked]
     return "\n".join(lines)
 
 
-def evidence_line(title: str, users: int, via: str) -> str:
+def evidence_line(title: str, users: int, via: str, ordered: bool = False) -> str:
     """One line of chain evidence; SFT thoughts quote it verbatim, so the model learns to copy a line
     of its prompt (easy) before it names its answer."""
+    if ordered:
+        return f"{title}: {users} user{'s' if users > 1 else ''} chose it soon after {via}"
     return f"{title}: {users} user{'s' if users > 1 else ''} who chose {via} also chose it"
 
 

@@ -41,7 +41,7 @@ class Trace:
         return {**asdict(self), "completion": self.completion}
 
 
-def chain_thoughts(chain: Chain, title, describe, support: int = 0) -> list:
+def chain_thoughts(chain: Chain, title, describe, support: int = 0, ordered: bool = False) -> list:
     """One short thought per hop of the chain, grounded in the real items (the user's item with its
     attributes; a neighbour described by what it chose, never named). A chain the prompt's evidence
     lists (`support` users) is quoted from that line first, then tied to the user's item: the candidate
@@ -50,7 +50,8 @@ def chain_thoughts(chain: Chain, title, describe, support: int = 0) -> list:
     i0, t = chain.items[0], chain.target
     neighbour = f"Another user who also chose {title(i0)}" + (f" and {title(chain.shared[0])}" if chain.shared else "")
     if support:  # the chain is one the prompt's evidence lists: quote that line, then ground it in the history
-        return [f"1. {prompts.evidence_line(title(t), support, title(i0))}.", f"2. The user chose {describe(i0)}."]
+        return [f"1. {prompts.evidence_line(title(t), support, title(i0), ordered)}.",
+                f"2. The user chose {describe(i0)}."]
     steps = [f"The user chose {describe(i0)}."]
     if chain.hops == 2:
         i1 = chain.items[1]
@@ -74,10 +75,10 @@ def evidence(chain: Chain, level: int, title) -> str:
 
 
 def build_trace(chain: Chain, level: int, history: list, shown: list, title, describe,
-                candidate_text, grounding: str = "", support: int = 0) -> Trace:
+                candidate_text, grounding: str = "", support: int = 0, ordered: bool = False) -> Trace:
     """The SFT example for one chain at one level. `shown` are candidate item ids in display order;
     the chain's target must be among them. `grounding`: chain evidence shown at every level, as at
-    inference (`chain_evidence`)."""
+    inference (`chain_evidence`); `ordered`: its chains are ordered (`evidence_window`)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, not {level}")
     if chain.target not in shown:
@@ -85,7 +86,7 @@ def build_trace(chain: Chain, level: int, history: list, shown: list, title, des
     context = "\n\n".join(part for part in (grounding, evidence(chain, level, title)) if part)
     message = prompts.user_message([describe(i) for i in history], [candidate_text(i) for i in shown], context)
     return Trace(
-        user=chain.user, level=level, prompt=message, thoughts=" ".join(chain_thoughts(chain, title, describe, support)),
+        user=chain.user, level=level, prompt=message, thoughts=" ".join(chain_thoughts(chain, title, describe, support, ordered)),
         answer=title(chain.target), target=chain.target, candidates=list(shown),
         chain_items=list(chain.items), chain_users=[chain.user, *chain.neighbours],
     )

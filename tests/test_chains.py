@@ -135,3 +135,61 @@ def test_recency_weighs_chains_through_recent_history_items_more():
     for bad in (0, 1.5):
         with pytest.raises(ValueError, match=r"recency must be in \(0, 1\]"):
             g.chain_strength(1, hist, cands, "sum_cosine", recency=bad)
+
+
+# Sequences (time order) for ordered chains: u1 = [1, 2, 3, 4] ... as TRAIN, in an order chosen by hand.
+SEQUENCES = {1: [1, 2, 3, 4], 2: [4, 1, 2, 7], 3: [3, 8, 4], 4: [5, 6, 4], 5: [7, 4, 9]}
+
+
+def ordered_graph():
+    return InteractionGraph(TRAIN, n_users=6, n_items=10, held_out=HELD_OUT, sequences=SEQUENCES)
+
+
+def test_ordered_chains_count_only_users_who_chose_the_candidate_soon_after():
+    g = ordered_graph()
+    hist, cands = [1, 2, 3], [4, 7, 5]
+    # Other users' pairs (i0 then c within 2 steps): u2 [4,1,2,7]: (4,1) (4,2) (1,2) (1,7) (2,7);
+    # u3 [3,8,4]: (3,8) (3,4) (8,4). So 4 follows 3 once (u3) and never follows 1 or 2 (u2 chose 4 first);
+    # 7 follows 1 and 2 (u2). Unordered, 4 had 3 co-choosers.
+    assert g.chain_strength(1, hist, cands, "sum_cochoosers", window=2).tolist() == [1, 2, 0]
+    assert g.candidate_support(1, hist, cands) == [(1, 1), (1, 1), (0, None)]  # unordered: unchanged
+    support, _ = g.evidence(1, hist, cands, "max_cochoosers", window=2)
+    assert support == [(1, 3), (1, 1), (0, None)]
+    # window 1: only the very next item. (1,2) u2; (3,8) u3; (8,4) u3 -> 4 follows no history item, 7 follows 2
+    assert g.chain_strength(1, hist, cands, "sum_cochoosers", window=1).tolist() == [0, 1, 0]
+    # cosine over the ordered counts, popularity without u1 as before: 3 -> 1, 4 -> 4; 1, 2 -> 1, 7 -> 2
+    cos = g.chain_strength(1, hist, cands, "sum_cosine", window=2)
+    assert cos[0] == pytest.approx(1 / np.sqrt(4)) and cos[1] == pytest.approx(2 / np.sqrt(2))
+
+
+def test_ordered_chains_never_count_the_user_itself():
+    # u1 chose 4 right after 3 in its own sequence (at training time 4 is its target): only u3 counts
+    g = ordered_graph()
+    assert g.chain_strength(1, [3], [4], "sum_cochoosers", window=3).tolist() == [1]
+    assert g.cochoosers(3, 4, window=3).tolist() == [1, 3]  # both chose 4 after 3; callers drop u0
+    assert g.cochoosers(2, 4, window=3).tolist() == [1]     # u2 chose 4 before 2: not an ordered chain
+    assert g.cochoosers(2, 4).tolist() == [1, 2]            # in any order it is
+
+
+def test_ordered_chains_need_sequences():
+    with pytest.raises(ValueError, match="need the training sequences in time order"):
+        graph().chain_strength(1, [1, 2, 3], [4], "sum_cosine", window=5)
+
+
+def test_sequences_from_recbole_rows_follow_time_order(tiny_data_path, in_tmp):
+    from recbole.data import create_dataset
+
+    from conftest import tiny
+    from recbole_r2rec.config import build_config
+    from recbole_r2rec.protocol import prepare_data
+
+    config = build_config("SASRec", "tiny", overrides=tiny(data_path=tiny_data_path))
+    dataset = create_dataset(config)
+    inter = dataset.inter_feat  # before splitting (the split rewrites it): every user's items by timestamp
+    order = np.lexsort((np.asarray(inter["timestamp"]), np.asarray(inter["user_id"])))
+    users, items = np.asarray(inter["user_id"])[order], np.asarray(inter["item_id"])[order]
+    train, _, _ = prepare_data(config, dataset)
+    g = InteractionGraph.from_training(train._dataset, train.seen_items)
+    for u in np.unique(users).tolist():
+        everything = items[users == u].tolist()
+        assert g.sequences[u] == everything[:-2]  # leave-one-out: the last two are valid and test

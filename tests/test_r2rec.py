@@ -9,6 +9,7 @@ from recbole.utils import ModelType, init_seed
 
 from conftest import tiny, write_tiny_dataset
 from recbole_r2rec import prompts
+from recbole_r2rec.chains import InteractionGraph
 from recbole_r2rec.config import ConfigError, build_config
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.model import R2Rec
@@ -196,11 +197,13 @@ def test_evidence_weight_ranks_by_llm_score_plus_chain_strength(tiny_r2rec):
         model.begin_evaluation()
 
 
-def test_without_llm_candidates_are_ranked_by_chain_strength_alone(tiny_data_path, tiny_llm_path):
+@pytest.mark.parametrize("window", [0, 3])
+def test_without_llm_candidates_are_ranked_by_chain_strength_alone(tiny_data_path, tiny_llm_path, window):
     """llm_path: none (the ablation "chains without the LLM"): no backbone is loaded, and each row's
     score is its candidate's chain strength in the training graph (recent history items weighing more,
-    evidence_recency), recomputed here from the graph."""
-    config, (train, _, test) = _r2rec("tiny", tiny_data_path, "none", stages="none", evidence_recency=0.5)
+    evidence_recency; ordered chains only with evidence_window), recomputed here from the graph."""
+    config, (train, _, test) = _r2rec("tiny", tiny_data_path, "none", stages="none", evidence_recency=0.5,
+                                      evidence_window=window)
     model = R2Rec(config, train._dataset)
     assert model.llm is None and model.tokenizer is None
     interaction = test.collate_fn(np.arange(len(test.uid_list)))[0]
@@ -209,9 +212,9 @@ def test_without_llm_candidates_are_ranked_by_chain_strength_alone(tiny_data_pat
     differs = 0
     for answer in model.answers:
         _, strength = model.graph.evidence(answer["user"], answer["history"], answer["candidates"],
-                                           model.evidence_signal, 0.5)
+                                           model.evidence_signal, 0.5, window)
         _, unweighted = model.graph.evidence(answer["user"], answer["history"], answer["candidates"],
-                                             model.evidence_signal)
+                                             model.evidence_signal, 1.0, window)
         differs += not np.allclose(strength, unweighted)
         by_item = dict(zip(answer["candidates"], strength.tolist()))
         rows = [r for r in range(len(interaction)) if int(interaction["user_id"][r]) == answer["user"]]
@@ -526,3 +529,33 @@ def test_sft_under_accelerate_launch_with_two_cpu_processes(tiny_data_path, tiny
     assert state["global_step"] == 2
     result = json.loads(result_file.read_text())
     assert "hit@1" in result["test_result"] and result["processes"] == 2
+
+
+def test_ordered_evidence_traces_quote_chains_whose_neighbour_chose_the_target_soon_after(tiny_data_path, tiny_llm_path,
+                                                                                         in_tmp):
+    """evidence_window > 0: the prompt's evidence and the thoughts that quote it speak of ordered chains,
+    and the chain each such thought goes through is one: u1 chose the target within the window after i0."""
+    import json
+
+    path = in_tmp / "traces.jsonl"
+    run("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path, stages="none",
+                                        export_traces=str(path), eval_users=2, generate_thoughts=False,
+                                        evidence_window=3))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    config = build_config("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path))
+    train, _, _ = prepare_data(config, create_dataset(config))
+    sequences = InteractionGraph.from_training(train._dataset).sequences
+    quoted = [r for r in rows if "soon after" in r["thoughts"]]
+    assert quoted and not any("also chose it" in r["prompt"] + r["thoughts"] for r in rows)
+    for r in quoted:
+        assert r["thoughts"][3:r["thoughts"].index(". 2.")] in r["prompt"]  # the line, verbatim
+        (i0,), (u0, u1) = r["chain_items"], r["chain_users"]
+        seq = sequences[u1]
+        assert u1 != u0 and any(seq[k] == i0 and r["target"] in seq[k + 1:k + 4] for k in range(len(seq)))
+
+
+@pytest.mark.parametrize("window", [-1, 2.5, "ten"])
+def test_evidence_window_must_be_a_whole_number_of_steps(tiny_data_path, window):
+    config, (train, _, _) = _r2rec("tiny", tiny_data_path, "none", stages="none", evidence_window=window)
+    with pytest.raises(ConfigError, match=r"evidence_window must be an integer >= 0 \(0: chains in any order\)"):
+        R2Rec(config, train._dataset)

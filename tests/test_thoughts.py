@@ -60,6 +60,11 @@ def test_a_chain_listed_in_the_evidence_is_quoted_verbatim_then_tied_to_the_hist
     assert grounding.index("Babe") < grounding.index("Aliens")  # strongest first
     assert second == "The user chose Alien (Sci-Fi)."
     assert well_formed(t, [title(i) for i in SHOWN]) and t.answer == "Aliens"
+    # ordered chains (evidence_window): the line and its quote say the users chose it after the item
+    grounding = prompts.support_evidence([(title(4), 3, title(3))], top=5, ordered=True)
+    t = build_trace(chain, 2, HISTORY, SHOWN, title, describe, title, grounding=grounding, support=3, ordered=True)
+    assert t.thoughts.startswith("1. Aliens: 3 users chose it soon after Alien. 2.")
+    assert "- Aliens: 3 users chose it soon after Alien\n" in t.prompt + "\n"
 
 
 def test_every_trace_parses_to_its_target():
