@@ -67,7 +67,8 @@ def main():
             order = np.lexsort((rng.random(len(shown)), -score))
             hits.setdefault(name, []).append(float(shown[order[0]] == target))
     out = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": len(inter),
-           "history_len": args.history_len, "recency": args.recency, "window": args.window, "hit@1": {name: float(np.mean(h)) for name, h in hits.items()}}
+           "history_len": args.history_len, "recency": args.recency, "window": args.window,
+           "hit@1": {name: float(np.mean(h)) for name, h in hits.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))

@@ -69,17 +69,18 @@ class InteractionGraph:
         users = inter[uid].tolist()
         targets = inter[iid].tolist()
         seq_field = iid + train_dataset.config["LIST_SUFFIX"]
-        histories = inter[seq_field].tolist() if seq_field in inter.interaction else [[]] * len(users)
+        ordered = seq_field in inter.interaction  # sequential data: rows carry the history in time order
+        histories = inter[seq_field].tolist() if ordered else [[]] * len(users)
         for u, t, h in zip(users, targets, histories):
             items = user_items.setdefault(u, set())
             items.add(t)
             items.update(i for i in h if i)
-            if u not in sequences:  # a user's rows come in time order: first history, then each target
-                sequences[u] = [i for i in h if i]
-            sequences[u].append(t)
+            if ordered:  # a user's rows come in time order: its first history, then each target
+                if u not in sequences:
+                    sequences[u] = [i for i in h if i]
+                sequences[u].append(t)
         held_out = {u: items - user_items.get(u, set()) for u, items in (seen or {}).items()}
-        ordered = seq_field in inter.interaction
-        return cls(user_items, train_dataset.user_num, train_dataset.item_num, held_out, sequences if ordered else None)
+        return cls(user_items, train_dataset.user_num, train_dataset.item_num, held_out, sequences)
 
     def items_of(self, user: int) -> np.ndarray:
         return self.matrix.indices[self.matrix.indptr[user]:self.matrix.indptr[user + 1]]

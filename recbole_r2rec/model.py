@@ -86,7 +86,8 @@ class R2Rec(SequentialRecommender):
         except ValueError as error:
             raise ConfigError(str(error)) from None
         self.evidence_window = config["evidence_window"]
-        if not isinstance(self.evidence_window, int) or isinstance(self.evidence_window, bool) or self.evidence_window < 0:
+        window = self.evidence_window
+        if not isinstance(window, int) or isinstance(window, bool) or window < 0:
             raise ConfigError(f"evidence_window must be an integer >= 0 (0: chains in any order), "
                               f"not {self.evidence_window!r}")
         self.evidence_weight = float(config["evidence_weight"])
@@ -102,6 +103,11 @@ class R2Rec(SequentialRecommender):
 
     def candidate_text(self, item: int) -> str:
         return self.describe(item) if self.candidate_attributes else self.titles[item]
+
+    @property
+    def ordered_evidence(self) -> bool:
+        """Evidence lines speak of ordered chains (`evidence_window` > 0): "chose it soon after"."""
+        return self.evidence_window > 0
 
     def candidate_evidence(self, user: int, history: list, shown: list) -> tuple | None:
         """`graph.evidence(...)` of the shown candidates: (support, strength), None without a graph."""
@@ -120,7 +126,7 @@ class R2Rec(SequentialRecommender):
         support, strength = evidence or self.candidate_evidence(user, history, shown)
         return prompts.support_evidence([(self.titles[c], n, self.titles[via] if via else "")
                                          for c, (n, via) in zip(shown, support)], self.evidence_items, strength,
-                                        self.evidence_window > 0)
+                                        self.ordered_evidence)
 
     def prompt_text(self, history: list, shown: list, user: int = 0, context: str = "", evidence=None) -> str:
         """The chat prompt; `evidence`: this user's `grounding` if already computed."""

@@ -85,7 +85,7 @@ def build_traces(model, train_dataset, graph: InteractionGraph, config) -> list:
             chain, users = evidence_chain(model, graph, chain, shown, *evidence)
             trace = build_trace(chain, levels[k % len(levels)], history, shown, model.titles.__getitem__,
                                 model.describe, model.candidate_text,
-                                model.grounding(user, history, shown, evidence), users, model.evidence_window > 0)
+                                model.grounding(user, history, shown, evidence), users, model.ordered_evidence)
             k += 1
             if well_formed(trace, [model.titles[i] for i in shown]):
                 traces.append(trace)
@@ -131,8 +131,8 @@ def _common_args(model, config, out: Path, prefix: str) -> dict:
 
 
 _STAGE_KEYS = ("llm_path", "history_len", "candidate_attributes", "item_text_fields", "chain_evidence",
-               "evidence_items", "evidence_signal", "evidence_recency", "evidence_window", "chains_per_example", "min_shared_items",
-               "long_chains", "max_new_tokens")
+               "evidence_items", "evidence_signal", "evidence_recency", "evidence_window", "chains_per_example",
+               "min_shared_items", "long_chains", "max_new_tokens")
 # Settings added after stages were first saved, with the behaviour those stages had: a saved stage
 # without the key matches a run that sets it to this value.
 _SETTINGS_BEFORE_THEY_EXISTED = {"evidence_signal": "max_cochoosers", "evidence_recency": 1.0, "evidence_window": 0}

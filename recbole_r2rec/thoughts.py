@@ -86,7 +86,8 @@ def build_trace(chain: Chain, level: int, history: list, shown: list, title, des
     context = "\n\n".join(part for part in (grounding, evidence(chain, level, title)) if part)
     message = prompts.user_message([describe(i) for i in history], [candidate_text(i) for i in shown], context)
     return Trace(
-        user=chain.user, level=level, prompt=message, thoughts=" ".join(chain_thoughts(chain, title, describe, support, ordered)),
+        user=chain.user, level=level, prompt=message,
+        thoughts=" ".join(chain_thoughts(chain, title, describe, support, ordered)),
         answer=title(chain.target), target=chain.target, candidates=list(shown),
         chain_items=list(chain.items), chain_users=[chain.user, *chain.neighbours],
     )
