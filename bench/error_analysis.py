@@ -4,7 +4,7 @@ down by the user's history length, the target's popularity in training, and wher
 them) puts the target. Reads the cells' `test_user_ranks`; no model is run.
 
     .venv/bin/python bench/error_analysis.py --dataset ml-100k --seed 2020 \\
-        --rows SASRec,R2Rec-zs,R2Rec-sft,R2Rec --cells results/leaderboard/cells \\
+        --rows SASRec,BERT4Rec,R2Rec-evidence_only,R2Rec-sft,R2Rec --cells results/leaderboard/cells \\
         --out results/analysis/ml-100k-seed2020.md
 """
 from __future__ import annotations
@@ -22,7 +22,15 @@ from recbole_r2rec.config import build_config
 from recbole_r2rec.protocol import prepare_data
 
 
-def user_facts(dataset: str, seed: int, history_len: int, evidence_items: int, signal: str) -> pd.DataFrame:
+def evidence_settings(dataset: str) -> dict:
+    """R2Rec's own evidence settings on `dataset` (its layered config), so the analysis lists the evidence
+    the default prompt lists."""
+    config = build_config("R2Rec", dataset, overrides={"show_progress": False})
+    return {key: config[key] for key in ("history_len", "evidence_items", "evidence_signal", "evidence_recency",
+                                         "evidence_window")}
+
+
+def user_facts(dataset: str, seed: int, evidence: dict) -> pd.DataFrame:
     """Per test user: history length and target popularity (users in the training graph), and the target's
     place in the chain evidence (1 = strongest chain, 0 = not listed among the top `evidence_items`)."""
     config = build_config("SASRec", dataset, overrides={"seed": seed, "show_progress": False})
@@ -33,10 +41,11 @@ def user_facts(dataset: str, seed: int, history_len: int, evidence_items: int, s
     for k in range(len(inter)):
         user, target = int(inter["user_id"][k]), int(inter["item_id"][k])
         length = int(inter["item_length"][k])
-        history = prompts.history_ids(inter["item_id_list"][k].numpy(), length, history_len)
+        history = prompts.history_ids(inter["item_id_list"][k].numpy(), length, evidence["history_len"])
         shown = test.candidates[user]
-        strength = graph.chain_strength(user, history, shown, signal)
-        listed = [shown[j] for j in prompts.strongest(list(strength), evidence_items)]
+        strength = graph.chain_strength(user, history, shown, evidence["evidence_signal"],
+                                        evidence["evidence_recency"], evidence["evidence_window"])
+        listed = [shown[j] for j in prompts.strongest(list(strength), evidence["evidence_items"])]
         rows.append({"user": str(user), "history_len": len(graph.items_of(user)), "target_popularity": int(graph.popularity[target]),
                      "evidence_place": listed.index(target) + 1 if target in listed else 0})
     return pd.DataFrame(rows).set_index("user")
@@ -48,13 +57,11 @@ def main():
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--rows", default="SASRec,R2Rec-zs,R2Rec-sft,R2Rec")
     parser.add_argument("--cells", type=Path, default=Path("results/leaderboard/cells"))
-    parser.add_argument("--history_len", type=int, default=10, help="R2Rec's history_len (evidence source)")
-    parser.add_argument("--evidence_items", type=int, default=5)
-    parser.add_argument("--evidence_signal", default="max_cochoosers", help="R2Rec's evidence_signal")
     parser.add_argument("--out", type=Path, required=True, help="Markdown report (a .json beside it)")
     args = parser.parse_args()
 
-    facts = user_facts(args.dataset, args.seed, args.history_len, args.evidence_items, args.evidence_signal)
+    evidence = evidence_settings(args.dataset)
+    facts = user_facts(args.dataset, args.seed, evidence)
     rows = []
     for row in args.rows.split(","):
         path = args.cells / f"{row}-{args.dataset}-seed{args.seed}.json"
@@ -67,8 +74,9 @@ def main():
     facts["target in evidence"] = facts.evidence_place.map(lambda p: f"place {p}" if p else "not listed")
     sections = [f"# Test Hit@1 by user group: {args.dataset}, seed {args.seed}", "",
                 f"{len(facts)} test users; Hit@1 per group (users evaluated by each row), from the leaderboard "
-                f"cells' per-user ranks. Evidence: the {args.evidence_items} candidates with the strongest "
-                f"chains through the last {args.history_len} items ({args.evidence_signal}, as R2Rec's prompt lists them).", ""]
+                f"cells' per-user ranks. Evidence: the {evidence['evidence_items']} candidates with the strongest "
+                f"chains through the last {evidence['history_len']} items, as R2Rec's prompt lists them on this "
+                f"dataset ({', '.join(f'{k} {v}' for k, v in evidence.items())}).", ""]
     report = {}
     for group in ("history", "target popularity", "target in evidence"):
         table = facts.groupby(group, observed=True).agg(users=("history_len", "size"),
