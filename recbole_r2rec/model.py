@@ -89,7 +89,7 @@ class R2Rec(SequentialRecommender):
         window = self.evidence_window
         if not isinstance(window, int) or isinstance(window, bool) or window < 0:
             raise ConfigError(f"evidence_window must be an integer >= 0 (0: chains in any order), "
-                              f"not {self.evidence_window!r}")
+                              f"not {window!r}")
         self.evidence_weight = float(config["evidence_weight"])
         if self.evidence_weight < 0:
             raise ConfigError(f"evidence_weight must be >= 0 (0: the LLM alone), not {self.evidence_weight}")
