@@ -27,7 +27,7 @@ def evidence_settings(dataset: str) -> dict:
     the default prompt lists."""
     config = build_config("R2Rec", dataset, overrides={"show_progress": False})
     return {key: config[key] for key in ("history_len", "evidence_items", "evidence_signal", "evidence_recency",
-                                         "evidence_window")}
+                                         "evidence_window", "evidence_unordered", "evidence_popularity")}
 
 
 def user_facts(dataset: str, seed: int, evidence: dict) -> pd.DataFrame:
@@ -43,9 +43,11 @@ def user_facts(dataset: str, seed: int, evidence: dict) -> pd.DataFrame:
         length = int(inter["item_length"][k])
         history = prompts.history_ids(inter["item_id_list"][k].numpy(), length, evidence["history_len"])
         shown = test.candidates[user]
-        strength = graph.chain_strength(user, history, shown, evidence["evidence_signal"],
-                                        evidence["evidence_recency"], evidence["evidence_window"])
-        listed = [shown[j] for j in prompts.strongest(list(strength), evidence["evidence_items"])]
+        support, strength = graph.evidence(user, history, shown, evidence["evidence_signal"],
+                                           evidence["evidence_recency"], evidence["evidence_window"],
+                                           evidence["evidence_unordered"], evidence["evidence_popularity"])
+        listed = [shown[j] for j in prompts.strongest(list(strength), evidence["evidence_items"],
+                                                      [n for n, _ in support])]
         rows.append({"user": str(user), "history_len": len(graph.items_of(user)), "target_popularity": int(graph.popularity[target]),
                      "evidence_place": listed.index(target) + 1 if target in listed else 0})
     return pd.DataFrame(rows).set_index("user")

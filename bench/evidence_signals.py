@@ -7,7 +7,9 @@ Signals, per candidate c, over the user's last `history_len` items i0 (R2Rec's p
 summed ones again as `<signal>@recency=d` for each `--recency` d (R2Rec's `evidence_recency`: the k-th most
 recent history item counts d**k), the same over *ordered* chains as `<signal>@window=w,recency=d` for each
 `--window` w (R2Rec's `evidence_window`: the co-chooser chose c within w steps after i0), and `popularity`
-(users who chose c: no chain at all) for reference.
+(users who chose c: no chain at all) for reference. `--blend u:p,...` adds R2Rec's own evidence for the
+dataset (its layered config) blended with `evidence_unordered` u and `evidence_popularity` p, as
+`blend@unordered=u,popularity=p` (0:0 = R2Rec's evidence as configured).
 
     .venv/bin/python bench/evidence_signals.py --dataset ml-100k --recency 0.9,0.7,0.5 --window 3,10,20 \
         --out results/analysis/evidence_signals-ml-100k.json
@@ -27,7 +29,8 @@ from recbole_r2rec.config import build_config
 from recbole_r2rec.protocol import prepare_data
 
 
-def signals(graph: InteractionGraph, user: int, history: list, shown: list, recency=(), windows=()) -> dict:
+def signals(graph: InteractionGraph, user: int, history: list, shown: list, recency=(), windows=(), blends=(),
+            own=None) -> dict:
     out = {name: graph.chain_strength(user, history, shown, name) for name in EVIDENCE_SIGNALS}
     for d in recency:
         for name in ("sum_cochoosers", "sum_cosine"):
@@ -36,6 +39,9 @@ def signals(graph: InteractionGraph, user: int, history: list, shown: list, rece
         for d in (1.0, *recency):
             for name in EVIDENCE_SIGNALS[1:] if d != 1 else EVIDENCE_SIGNALS:
                 out[f"{name}@window={w},recency={d:g}"] = graph.chain_strength(user, history, shown, name, d, w)
+    for u, p in blends:
+        out[f"blend@unordered={u:g},popularity={p:g}"] = graph.chain_strength(
+            user, history, shown, own["evidence_signal"], own["evidence_recency"], own["evidence_window"], u, p)
     out["popularity"] = graph.popularity[np.asarray(shown, dtype=np.int64)].astype(float)
     return out
 
@@ -49,8 +55,11 @@ def main():
                         help="comma list of evidence_recency values to add as signals")
     parser.add_argument("--window", type=lambda v: [int(x) for x in v.split(",")], default=[],
                         help="comma list of evidence_window values (ordered chains) to add as signals")
+    parser.add_argument("--blend", type=lambda v: [tuple(float(x) for x in pair.split(":")) for pair in v.split(",")],
+                        default=[], help="comma list of unordered:popularity weights blended into R2Rec's evidence")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    own = build_config("R2Rec", args.dataset, overrides={"show_progress": False}) if args.blend else None
 
     config = build_config("SASRec", args.dataset, overrides={"seed": args.seed, "show_progress": False})
     train, valid, _ = prepare_data(config, create_dataset(config))
@@ -63,11 +72,12 @@ def main():
         history = prompts.history_ids(inter["item_id_list"][k].numpy(), int(inter["item_length"][k]),
                                       args.history_len)
         shown = list(valid.candidates[user])
-        for name, score in signals(graph, user, history, shown, args.recency, args.window).items():
+        for name, score in signals(graph, user, history, shown, args.recency, args.window, args.blend,
+                                   own).items():
             order = np.lexsort((rng.random(len(shown)), -score))
             hits.setdefault(name, []).append(float(shown[order[0]] == target))
     out = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": len(inter),
-           "history_len": args.history_len, "recency": args.recency, "window": args.window,
+           "history_len": args.history_len, "recency": args.recency, "window": args.window, "blend": args.blend,
            "hit@1": {name: float(np.mean(h)) for name, h in hits.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))

@@ -37,6 +37,13 @@ class Chain:
 EVIDENCE_SIGNALS = ("max_cochoosers", "sum_cochoosers", "sum_cosine")
 
 
+def standardised(values) -> np.ndarray:
+    """z-scores over one user's candidates (all equal -> zeros): signals of different scales add up."""
+    values = np.asarray(values, dtype=float)
+    std = values.std()
+    return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+
+
 def check_recency(recency: float) -> None:
     """`evidence_recency` weighs the k-th most recent history item recency**k: it must be in (0, 1]."""
     if not 0 < recency <= 1:
@@ -123,7 +130,8 @@ class InteractionGraph:
         return self.evidence(user, history, candidates)[0]
 
     def chain_strength(self, user: int, history, candidates, signal: str = "max_cochoosers",
-                       recency: float = 1.0, window: int = 0) -> np.ndarray:
+                       recency: float = 1.0, window: int = 0, unordered: float = 0.0,
+                       popularity: float = 0.0) -> np.ndarray:
         """Per candidate, how strongly chains through the history lead to it (what the evidence is
         ranked by; 0 = no chain): `max_cochoosers`, the co-choosers of its best chain (the count the
         evidence line shows); `sum_cochoosers`, summed over the history items; `sum_cosine`, the cosine of
@@ -131,13 +139,21 @@ class InteractionGraph:
         blockbuster every user chose is not the strongest chain of everyone). Again without the user.
         recency (summed signals): the chains through the k-th most recent history item count recency**k
         (1 = all alike), for datasets where the last items say most about the next one. window > 0: only
-        ordered chains count (co-choosers who chose the candidate within `window` steps after i0)."""
-        return self.evidence(user, history, candidates, signal, recency, window)[1]
+        ordered chains count (co-choosers who chose the candidate within `window` steps after i0).
+        unordered / popularity > 0: a blend, see `evidence`."""
+        return self.evidence(user, history, candidates, signal, recency, window, unordered, popularity)[1]
 
     def evidence(self, user: int, history, candidates, signal: str = "max_cochoosers", recency: float = 1.0,
-                 window: int = 0) -> tuple:
+                 window: int = 0, unordered: float = 0.0, popularity: float = 0.0) -> tuple:
         """(`candidate_support`, `chain_strength`) from one count of co-choosers, for prompts that show
-        the one and rank by the other. `history` is oldest first; `window` as in `chain_strength`."""
+        the one and rank by the other. `history` is oldest first; `window` as in `chain_strength`.
+
+        Blend (`evidence_unordered`, `evidence_popularity`): with either > 0 the strength is the signal
+        standardised over the candidates, plus `unordered` x the same signal over chains in any order
+        (with a window: what goes together, besides what comes next), plus `popularity` x the candidate's
+        log popularity (without the user), each standardised alike, so the weights compare like with like."""
+        if unordered < 0 or popularity < 0:
+            raise ValueError(f"evidence blend weights must be >= 0, not unordered={unordered}, popularity={popularity}")
         if signal not in EVIDENCE_SIGNALS:
             raise ValueError(f"unknown evidence signal {signal!r}; known: {list(EVIDENCE_SIGNALS)}")
         check_recency(recency)
@@ -146,23 +162,40 @@ class InteractionGraph:
         if not len(hist) or not len(cands):
             return [(0, None)] * len(cands), np.zeros(len(cands))
         mine = self.matrix[user].toarray().ravel()
-        if window:  # [H, C] other users who chose c soon after i0
-            n = self.matrix.shape[1]
-            co = self.followers(window)[hist][:, cands].toarray()
-            co -= np.isin(hist[:, None] * n + cands[None, :], self._pairs(user, window)).astype(co.dtype)
-        else:  # [H, C] other users who chose both
-            co = (self.by_item[hist] @ self.by_item[cands].T).toarray()
-            co -= np.outer(mine[hist], mine[cands])
+        co = self._cochooser_counts(user, hist, cands, mine, window)
         best = co.argmax(axis=0)
         counts = co[best, np.arange(len(cands))]
         support = [(int(n), int(hist[b]) if n > 0 else None) for n, b in zip(counts, best)]
+        strength = self._signal(co, signal, recency, hist, cands, mine)
+        if not (unordered or popularity):
+            return support, strength
+        strength = standardised(strength)
+        if unordered and window:
+            any_order = self._cochooser_counts(user, hist, cands, mine, 0)
+            strength = strength + unordered * standardised(self._signal(any_order, signal, recency, hist, cands, mine))
+        if popularity:
+            strength = strength + popularity * standardised(np.log1p(self.popularity[cands] - mine[cands]))
+        return support, strength
+
+    def _cochooser_counts(self, user: int, hist: np.ndarray, cands: np.ndarray, mine: np.ndarray,
+                          window: int) -> np.ndarray:
+        """[H, C] other users who chose both i0 and c (with `window`: c within that many steps after i0)."""
+        if window:
+            n = self.matrix.shape[1]
+            co = self.followers(window)[hist][:, cands].toarray()
+            return co - np.isin(hist[:, None] * n + cands[None, :], self._pairs(user, window)).astype(co.dtype)
+        return (self.by_item[hist] @ self.by_item[cands].T).toarray() - np.outer(mine[hist], mine[cands])
+
+    def _signal(self, co: np.ndarray, signal: str, recency: float, hist: np.ndarray, cands: np.ndarray,
+                mine: np.ndarray) -> np.ndarray:
+        """Per candidate, `signal` from the [H, C] co-chooser counts (see `chain_strength`)."""
         if signal == "max_cochoosers":
-            return support, counts.astype(float)
+            return co.max(axis=0).astype(float)
         weight = recency ** np.arange(len(hist))[::-1]  # the most recent item (last) counts 1
         if signal == "sum_cochoosers":
-            return support, weight @ co.astype(float)
+            return weight @ co.astype(float)
         pop_h, pop_c = self.popularity[hist] - mine[hist], self.popularity[cands] - mine[cands]
-        return support, weight @ (co / np.sqrt(np.maximum(np.outer(pop_h, pop_c), 1)))
+        return weight @ (co / np.sqrt(np.maximum(np.outer(pop_h, pop_c), 1)))
 
     def shared_count(self, user: int, others: np.ndarray) -> np.ndarray:
         return np.asarray(self.co[user, others].todense()).ravel() if len(others) else np.zeros(0)

@@ -90,6 +90,14 @@ class R2Rec(SequentialRecommender):
         if not isinstance(window, int) or isinstance(window, bool) or window < 0:
             raise ConfigError(f"evidence_window must be an integer >= 0 (0: chains in any order), "
                               f"not {window!r}")
+        self.evidence_unordered = float(config["evidence_unordered"])
+        self.evidence_popularity = float(config["evidence_popularity"])
+        if self.evidence_unordered < 0 or self.evidence_popularity < 0:
+            raise ConfigError(f"evidence_unordered and evidence_popularity must be >= 0 (0: not blended), not "
+                              f"{self.evidence_unordered} and {self.evidence_popularity}")
+        if self.evidence_unordered and not window:
+            raise ConfigError("evidence_unordered blends chains in any order into ordered ones; it needs "
+                              "evidence_window > 0 (with 0 the chains are in any order already)")
         self.evidence_weight = float(config["evidence_weight"])
         if self.evidence_weight < 0:
             raise ConfigError(f"evidence_weight must be >= 0 (0: the LLM alone), not {self.evidence_weight}")
@@ -114,7 +122,7 @@ class R2Rec(SequentialRecommender):
         if self.graph is None:
             return None
         return self.graph.evidence(user, history, shown, self.evidence_signal, self.evidence_recency,
-                                   self.evidence_window)
+                                   self.evidence_window, self.evidence_unordered, self.evidence_popularity)
 
     def grounding(self, user: int, history: list, shown: list, evidence: tuple | None = None) -> str:
         """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains

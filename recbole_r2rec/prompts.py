@@ -95,9 +95,12 @@ def user_message(history: list, candidates: list, context: str = "") -> str:
     return "\n".join(lines)
 
 
-def strongest(counts: list, top: int) -> list:
-    """Indices of the `top` entries with the largest count (> 0), strongest first, ties in order."""
-    return sorted((k for k, n in enumerate(counts) if n > 0), key=lambda k: -counts[k])[:top]
+def strongest(counts: list, top: int, users: list | None = None) -> list:
+    """Indices of the `top` entries with the largest count, strongest first, ties in order: those with a
+    chain only (`users` > 0, the co-choosers of each; default: count > 0, as a blended strength, a sum of
+    z-scores, can be <= 0 for a candidate with a chain)."""
+    users = counts if users is None else users
+    return sorted((k for k, n in enumerate(users) if n > 0), key=lambda k: -counts[k])[:top]
 
 
 def support_evidence(support: list, top: int, strength=None, ordered: bool = False) -> str:
@@ -105,8 +108,8 @@ def support_evidence(support: list, top: int, strength=None, ordered: bool = Fal
     through the user's history, strongest first (ties keep the display order). support: per shown
     candidate (title, users, via title); `strength`: per candidate, what to rank by (default: users);
     `ordered`: the users chose the candidate soon after the history item (`evidence_window`)."""
-    strength = [n for _, n, _ in support] if strength is None else list(strength)
-    ranked = [support[k] for k in strongest(strength, top)]
+    users = [n for _, n, _ in support]
+    ranked = [support[k] for k in strongest(users if strength is None else list(strength), top, users)]
     if not ranked:
         return "Evidence from other users: none of the candidates was chosen by users who share your items."
     lines = ["Evidence from other users (strongest first):"]

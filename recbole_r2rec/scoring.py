@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from recbole_r2rec.chains import standardised
+
 
 @dataclass
 class CandidateScores:
@@ -202,10 +204,7 @@ def evidence_fused(llm_scores: list, strength, weight: float) -> list:
     the graph supports instead of having to restate it. weight 0 (or no strength) = the LLM alone."""
     if not weight or strength is None:
         return list(llm_scores)
-    s = np.asarray(strength, dtype=float)
-    std = s.std()
-    z = (s - s.mean()) / std if std > 0 else np.zeros_like(s)
-    return [float(x) + weight * float(e) for x, e in zip(llm_scores, z)]
+    return [float(x) + weight * float(e) for x, e in zip(llm_scores, standardised(strength))]
 
 
 def constrained_choice(candidates: list, token_logprobs: list) -> int:

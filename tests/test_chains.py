@@ -162,6 +162,30 @@ def test_ordered_chains_count_only_users_who_chose_the_candidate_soon_after():
     assert cos[0] == pytest.approx(1 / np.sqrt(4)) and cos[1] == pytest.approx(2 / np.sqrt(2))
 
 
+def test_blended_evidence_adds_standardised_any_order_chains_and_popularity():
+    g = ordered_graph()
+    hist, cands = [1, 2, 3], [4, 7, 5]
+
+    def z(values):  # z-scores over the three candidates, written out
+        values = np.array(values, dtype=float)
+        return (values - values.mean()) / values.std()
+
+    # sum_cochoosers: ordered (window 2) [1, 2, 0] as above; in any order [3, 2, 0]. Ordered alone ranks 7
+    # first; z = [0, 1.22, -1.22] + [1.07, 0.27, -1.34]: still 7 (1.49 vs 1.07); twice the weight: 4 wins
+    ordered, any_order = z([1, 2, 0]), z([3, 2, 0])
+    blend = g.chain_strength(1, hist, cands, "sum_cochoosers", window=2, unordered=1.0)
+    np.testing.assert_allclose(blend, ordered + any_order)
+    assert int(np.argmax(blend)) == 1
+    assert int(np.argmax(g.chain_strength(1, hist, cands, "sum_cochoosers", window=2, unordered=2.0))) == 0
+    # popularity without u1: 4 -> 4 users (u2..u5), 7 -> 2 (u2, u5), 5 -> 1 (u4); log(1 + n), standardised
+    with_pop = g.chain_strength(1, hist, cands, "sum_cochoosers", window=2, popularity=0.5)
+    np.testing.assert_allclose(with_pop, ordered + 0.5 * z(np.log1p([4, 2, 1])))
+    # the evidence lines (the strongest ordered chain of each candidate) do not depend on the blend
+    assert g.evidence(1, hist, cands, "sum_cochoosers", window=2, unordered=1.0)[0] == [(1, 3), (1, 1), (0, None)]
+    with pytest.raises(ValueError, match="blend weights must be >= 0"):
+        g.chain_strength(1, hist, cands, "sum_cochoosers", window=2, popularity=-1)
+
+
 def test_ordered_chains_never_count_the_user_itself():
     # u1 chose 4 right after 3 in its own sequence (at training time 4 is its target): only u3 counts
     g = ordered_graph()

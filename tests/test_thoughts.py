@@ -93,3 +93,9 @@ def test_evidence_is_ranked_by_the_given_strength_and_lists_only_candidates_with
     lines = by_cosine.splitlines()[1:]
     assert lines == ["- Aliens: 3 users who chose Alien also chose it",
                      f"- {title(2)}: 1 user who chose {title(1)} also chose it"]
+    # a blended strength (z-scores) can be <= 0 for a candidate with a chain and > 0 for one without:
+    # what is listed is decided by the chain, the order by the strength
+    blended = prompts.support_evidence(support, top=5, strength=[2.0, -0.3, -0.1, -1.6])
+    assert blended.splitlines()[1:] == [f"- Babe: 5 users who chose {title(1)} also chose it",
+                                        "- Aliens: 3 users who chose Alien also chose it",
+                                        f"- {title(2)}: 1 user who chose {title(1)} also chose it"]
