@@ -9,7 +9,7 @@ recent history item counts d**k), the same over *ordered* chains as `<signal>@wi
 `--window` w (R2Rec's `evidence_window`: the co-chooser chose c within w steps after i0), and `popularity`
 (users who chose c: no chain at all) for reference. `--blend u:p,...` adds R2Rec's own evidence for the
 dataset (its layered config) blended with `evidence_unordered` u and `evidence_popularity` p, as
-`blend@unordered=u,popularity=p` (0:0 = R2Rec's evidence as configured).
+`blend@unordered=u,popularity=p` (0:0 = R2Rec's evidence as configured; u > 0 needs its evidence_window > 0).
 
     .venv/bin/python bench/evidence_signals.py --dataset ml-100k --recency 0.9,0.7,0.5 --window 3,10,20 \
         --out results/analysis/evidence_signals-ml-100k.json

@@ -44,6 +44,17 @@ def standardised(values) -> np.ndarray:
     return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
 
 
+def check_blend(unordered: float, popularity: float, window: int) -> None:
+    """The blend weights (`evidence_unordered`, `evidence_popularity`) are >= 0, and chains in any order
+    are blended only into ordered ones (with window 0 they are the signal already)."""
+    if unordered < 0 or popularity < 0:
+        raise ValueError(f"evidence blend weights must be >= 0 (0: not blended): evidence_unordered and "
+                         f"evidence_popularity must be >= 0, not {unordered} and {popularity}")
+    if unordered and not window:
+        raise ValueError("evidence_unordered blends chains in any order into ordered ones; it needs "
+                         "evidence_window > 0 (with 0 the chains are in any order already)")
+
+
 def check_recency(recency: float) -> None:
     """`evidence_recency` weighs the k-th most recent history item recency**k: it must be in (0, 1]."""
     if not 0 < recency <= 1:
@@ -152,8 +163,7 @@ class InteractionGraph:
         standardised over the candidates, plus `unordered` x the same signal over chains in any order
         (with a window: what goes together, besides what comes next), plus `popularity` x the candidate's
         log popularity (without the user), each standardised alike, so the weights compare like with like."""
-        if unordered < 0 or popularity < 0:
-            raise ValueError(f"evidence blend weights must be >= 0, not unordered={unordered}, popularity={popularity}")
+        check_blend(unordered, popularity, window)
         if signal not in EVIDENCE_SIGNALS:
             raise ValueError(f"unknown evidence signal {signal!r}; known: {list(EVIDENCE_SIGNALS)}")
         check_recency(recency)
@@ -170,7 +180,7 @@ class InteractionGraph:
         if not (unordered or popularity):
             return support, strength
         strength = standardised(strength)
-        if unordered and window:
+        if unordered:
             any_order = self._cochooser_counts(user, hist, cands, mine, 0)
             strength = strength + unordered * standardised(self._signal(any_order, signal, recency, hist, cands, mine))
         if popularity:

@@ -11,7 +11,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_r2rec import prompts
-from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph, check_recency
+from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph, check_blend, check_recency
 from recbole_r2rec.config import ConfigError
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
@@ -81,10 +81,6 @@ class R2Rec(SequentialRecommender):
         self.evidence_items = config["evidence_items"]
         self.evidence_signal = config["evidence_signal"]
         self.evidence_recency = float(config["evidence_recency"])
-        try:
-            check_recency(self.evidence_recency)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
         self.evidence_window = config["evidence_window"]
         window = self.evidence_window
         if not isinstance(window, int) or isinstance(window, bool) or window < 0:
@@ -92,12 +88,11 @@ class R2Rec(SequentialRecommender):
                               f"not {window!r}")
         self.evidence_unordered = float(config["evidence_unordered"])
         self.evidence_popularity = float(config["evidence_popularity"])
-        if self.evidence_unordered < 0 or self.evidence_popularity < 0:
-            raise ConfigError(f"evidence_unordered and evidence_popularity must be >= 0 (0: not blended), not "
-                              f"{self.evidence_unordered} and {self.evidence_popularity}")
-        if self.evidence_unordered and not window:
-            raise ConfigError("evidence_unordered blends chains in any order into ordered ones; it needs "
-                              "evidence_window > 0 (with 0 the chains are in any order already)")
+        try:  # the graph's own checks, raised at construction as config errors
+            check_recency(self.evidence_recency)
+            check_blend(self.evidence_unordered, self.evidence_popularity, window)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         self.evidence_weight = float(config["evidence_weight"])
         if self.evidence_weight < 0:
             raise ConfigError(f"evidence_weight must be >= 0 (0: the LLM alone), not {self.evidence_weight}")

@@ -96,9 +96,9 @@ def user_message(history: list, candidates: list, context: str = "") -> str:
 
 
 def strongest(counts: list, top: int, users: list | None = None) -> list:
-    """Indices of the `top` entries with the largest count, strongest first, ties in order: those with a
-    chain only (`users` > 0, the co-choosers of each; default: count > 0, as a blended strength, a sum of
-    z-scores, can be <= 0 for a candidate with a chain)."""
+    """Indices of the `top` entries with the largest count, strongest first, ties in order, among those
+    with a chain: `users` > 0 (each candidate's co-choosers; default: the counts themselves). A blended
+    strength is a sum of z-scores, so it says nothing about whether a chain exists."""
     users = counts if users is None else users
     return sorted((k for k, n in enumerate(users) if n > 0), key=lambda k: -counts[k])[:top]
 
