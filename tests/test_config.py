@@ -100,3 +100,16 @@ def test_a_leaderboard_cell_runs_its_own_seed():
     assert (args.model, args.dataset, args.result_file) == ("SASRec", "ml-100k", "out.json")
     assert parse_overrides(rest) == {"seed": 2021, "epochs": 1}
     assert args.seeds == "2020,2021,2022"  # the grid's default, untouched by the cell's --seed
+
+
+def test_baselines_train_to_convergence_and_short_rows_keep_the_old_budget():
+    """A baseline stopped before its validation Hit@1 converges flatters every model compared with it:
+    the defaults stop on validation, not on a small epoch cap, and the `-short` rows (whose cells were
+    run with the old CPU budget) still resolve to exactly that budget."""
+    for model in ("SASRec", "GRU4Rec", "Caser", "BERT4Rec", "BPR", "LightGCN"):
+        config = build_config(model, "ml-100k")
+        assert config["valid_metric"].lower() == "hit@1"
+        assert config["epochs"] // config["eval_step"] >= 5 * config["stopping_step"], model
+        short = cell_command(Cell(f"{model}-short", "ml-100k", 2020), "out.json", [])
+        assert f"--model={model}" in short
+        assert ("--epochs=4" in short) if config["eval_step"] == 1 else ("--epochs=40" in short), short
