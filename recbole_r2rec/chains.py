@@ -35,6 +35,9 @@ class Chain:
 
 
 EVIDENCE_SIGNALS = ("max_cochoosers", "sum_cochoosers", "sum_cosine")
+# How much a chain u0 -> i0 -> u1 -> c counts by how alike u0 and u1 are: none (every co-chooser alike) |
+# cosine (of their item sets: neighbours who share much with the user count more)
+NEIGHBOUR_WEIGHTS = ("none", "cosine")
 
 
 def standardised(values) -> np.ndarray:
@@ -55,6 +58,16 @@ def check_blend(unordered: float, popularity: float, window: int) -> None:
                          "evidence_window > 0 (with 0 the chains are in any order already)")
 
 
+def check_neighbours(neighbours: str, window: int, unordered: float) -> None:
+    """`evidence_neighbours` weighs chains in any order (per co-chooser); ordered chains are counted per
+    item pair, so with only ordered chains (window > 0, nothing unordered blended in) it would do nothing."""
+    if neighbours not in NEIGHBOUR_WEIGHTS:
+        raise ValueError(f"unknown evidence_neighbours {neighbours!r}; known: {list(NEIGHBOUR_WEIGHTS)}")
+    if neighbours != "none" and window and not unordered:
+        raise ValueError("evidence_neighbours weighs chains in any order; with evidence_window > 0 it needs "
+                         "evidence_unordered > 0 (or evidence_window 0)")
+
+
 def check_recency(recency: float) -> None:
     """`evidence_recency` weighs the k-th most recent history item recency**k: it must be in (0, 1]."""
     if not 0 < recency <= 1:
@@ -72,6 +85,7 @@ class InteractionGraph:
         self.by_item = self.matrix.T.tocsr()
         self.co = (self.matrix @ self.matrix.T).tocsr()  # co[u, v] = items u and v share
         self.popularity = np.asarray(self.by_item.sum(axis=1)).ravel()  # users per item
+        self.sizes = np.asarray(self.matrix.sum(axis=1)).ravel().astype(float)  # items per user
         self.held_out = held_out or {}
         self.sequences = sequences or {}  # user -> training items in time order (ordered chains)
         self._followers = {}  # window -> item x item matrix of users who chose the column soon after the row
@@ -142,7 +156,7 @@ class InteractionGraph:
 
     def chain_strength(self, user: int, history, candidates, signal: str = "max_cochoosers",
                        recency: float = 1.0, window: int = 0, unordered: float = 0.0,
-                       popularity: float = 0.0) -> np.ndarray:
+                       popularity: float = 0.0, neighbours: str = "none") -> np.ndarray:
         """Per candidate, how strongly chains through the history lead to it (what the evidence is
         ranked by; 0 = no chain): `max_cochoosers`, the co-choosers of its best chain (the count the
         evidence line shows); `sum_cochoosers`, summed over the history items; `sum_cosine`, the cosine of
@@ -151,19 +165,24 @@ class InteractionGraph:
         recency (summed signals): the chains through the k-th most recent history item count recency**k
         (1 = all alike), for datasets where the last items say most about the next one. window > 0: only
         ordered chains count (co-choosers who chose the candidate within `window` steps after i0).
-        unordered / popularity > 0: a blend, see `evidence`."""
-        return self.evidence(user, history, candidates, signal, recency, window, unordered, popularity)[1]
+        unordered / popularity > 0: a blend, see `evidence`. neighbours: see `neighbour_weights`."""
+        return self.evidence(user, history, candidates, signal, recency, window, unordered, popularity,
+                             neighbours)[1]
 
     def evidence(self, user: int, history, candidates, signal: str = "max_cochoosers", recency: float = 1.0,
-                 window: int = 0, unordered: float = 0.0, popularity: float = 0.0) -> tuple:
+                 window: int = 0, unordered: float = 0.0, popularity: float = 0.0,
+                 neighbours: str = "none") -> tuple:
         """(`candidate_support`, `chain_strength`) from one count of co-choosers, for prompts that show
         the one and rank by the other. `history` is oldest first; `window` as in `chain_strength`.
 
         Blend (`evidence_unordered`, `evidence_popularity`): with either > 0 the strength is the signal
         standardised over the candidates, plus `unordered` x the same signal over chains in any order
         (with a window: what goes together, besides what comes next), plus `popularity` x the candidate's
-        log popularity (without the user), each standardised alike, so the weights compare like with like."""
+        log popularity (without the user), each standardised alike, so the weights compare like with like.
+        `neighbours` (`evidence_neighbours`) weighs each co-chooser of the chains in any order; the
+        support (the count an evidence line shows) stays the number of real co-choosers."""
         check_blend(unordered, popularity, window)
+        check_neighbours(neighbours, window, unordered)
         if signal not in EVIDENCE_SIGNALS:
             raise ValueError(f"unknown evidence signal {signal!r}; known: {list(EVIDENCE_SIGNALS)}")
         check_recency(recency)
@@ -176,24 +195,38 @@ class InteractionGraph:
         best = co.argmax(axis=0)
         counts = co[best, np.arange(len(cands))]
         support = [(int(n), int(hist[b]) if n > 0 else None) for n, b in zip(counts, best)]
+        weight = self.neighbour_weights(user) if neighbours != "none" else None
+        if weight is not None and not window:
+            co = self._cochooser_counts(user, hist, cands, mine, 0, weight)
         strength = self._signal(co, signal, recency, hist, cands, mine)
         if not (unordered or popularity):
             return support, strength
         strength = standardised(strength)
         if unordered:
-            any_order = self._cochooser_counts(user, hist, cands, mine, 0)
+            any_order = self._cochooser_counts(user, hist, cands, mine, 0, weight)
             strength = strength + unordered * standardised(self._signal(any_order, signal, recency, hist, cands, mine))
         if popularity:
             strength = strength + popularity * standardised(np.log1p(self.popularity[cands] - mine[cands]))
         return support, strength
 
+    def neighbour_weights(self, user: int) -> np.ndarray:
+        """Per other user, the cosine of their item set and `user`'s (0 for `user`): chains through
+        co-choosers who share much with the user count more (`evidence_neighbours: cosine`)."""
+        shared = np.asarray(self.co[user].todense()).ravel().astype(float)
+        weight = shared / np.sqrt(np.maximum(self.sizes * self.sizes[user], 1))
+        weight[user] = 0.0
+        return weight
+
     def _cochooser_counts(self, user: int, hist: np.ndarray, cands: np.ndarray, mine: np.ndarray,
-                          window: int) -> np.ndarray:
-        """[H, C] other users who chose both i0 and c (with `window`: c within that many steps after i0)."""
+                          window: int, weight: np.ndarray | None = None) -> np.ndarray:
+        """[H, C] other users who chose both i0 and c (with `window`: c within that many steps after i0;
+        with `weight`, in any order, each such user counting its weight)."""
         if window:
             n = self.matrix.shape[1]
             co = self.followers(window)[hist][:, cands].toarray()
             return co - np.isin(hist[:, None] * n + cands[None, :], self._pairs(user, window)).astype(co.dtype)
+        if weight is not None:  # the user's own weight is 0: nothing to take out
+            return (self.by_item[hist].multiply(weight[None, :]).tocsr() @ self.by_item[cands].T).toarray()
         return (self.by_item[hist] @ self.by_item[cands].T).toarray() - np.outer(mine[hist], mine[cands])
 
     def _signal(self, co: np.ndarray, signal: str, recency: float, hist: np.ndarray, cands: np.ndarray,

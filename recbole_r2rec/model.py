@@ -11,7 +11,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_r2rec import prompts
-from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph, check_blend, check_recency
+from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph, check_blend, check_neighbours, check_recency
 from recbole_r2rec.config import ConfigError
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
@@ -88,9 +88,11 @@ class R2Rec(SequentialRecommender):
                               f"not {window!r}")
         self.evidence_unordered = float(config["evidence_unordered"])
         self.evidence_popularity = float(config["evidence_popularity"])
+        self.evidence_neighbours = config["evidence_neighbours"]
         try:  # the graph's own checks, raised at construction as config errors
             check_recency(self.evidence_recency)
             check_blend(self.evidence_unordered, self.evidence_popularity, window)
+            check_neighbours(self.evidence_neighbours, window, self.evidence_unordered)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         self.evidence_weight = float(config["evidence_weight"])
@@ -117,7 +119,8 @@ class R2Rec(SequentialRecommender):
         if self.graph is None:
             return None
         return self.graph.evidence(user, history, shown, self.evidence_signal, self.evidence_recency,
-                                   self.evidence_window, self.evidence_unordered, self.evidence_popularity)
+                                   self.evidence_window, self.evidence_unordered, self.evidence_popularity,
+                                   self.evidence_neighbours)
 
     def grounding(self, user: int, history: list, shown: list, evidence: tuple | None = None) -> str:
         """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains

@@ -123,6 +123,23 @@ def test_chain_strength_signals_computed_by_hand():
         g.chain_strength(1, hist, cands, "pmi")
 
 
+def test_neighbour_weighted_chains_count_each_cochooser_by_its_cosine_with_the_user():
+    """evidence_neighbours: cosine. u1 has 4 items; u2 shares 3 of its 4 (cosine 3/4), u3 2 of its 3
+    (2/sqrt(12)). The support an evidence line shows stays the number of real co-choosers."""
+    g = graph()
+    hist, cands = [1, 2, 3], [4, 7, 5]
+    weighted = g.chain_strength(1, hist, cands, "sum_cochoosers", neighbours="cosine")
+    # 4: (1,4) u2, (2,4) u2, (3,4) u3; 7: (1,7) u2, (2,7) u2 (u5 chose 7 but no history item); 5: none
+    assert weighted == pytest.approx([0.75 + 0.75 + 2 / np.sqrt(12), 0.75 + 0.75, 0])
+    assert g.neighbour_weights(1)[1] == 0  # the user itself never counts
+    support, _ = g.evidence(1, hist, cands, "sum_cochoosers", neighbours="cosine")
+    assert support == g.candidate_support(1, hist, cands) and support[0][0] == 1
+    with pytest.raises(ValueError, match="unknown evidence_neighbours 'jaccard'"):
+        g.chain_strength(1, hist, cands, "sum_cochoosers", neighbours="jaccard")
+    with pytest.raises(ValueError, match="evidence_neighbours weighs chains in any order"):
+        g.chain_strength(1, hist, cands, "sum_cochoosers", window=3, neighbours="cosine")
+
+
 def test_recency_weighs_chains_through_recent_history_items_more():
     g = graph()
     hist, cands = [1, 2, 3], [4, 7, 5]  # oldest first: 3 is the most recent (weight 1), 2 gets 0.5, 1 gets 0.25
