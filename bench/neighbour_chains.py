@@ -9,7 +9,8 @@ shared items^a, a = 0.5 / 1 / 2); `cosine`, `cosine^2` (shared items / sqrt(|u0|
 `evidence_popularity` x standardised log popularity. Weighting needs per-user chains, so ordered chains
 (evidence_window) are not weighted: on ml-100k `own` is ordered and the weighted rows are not.
 
-    .venv/bin/python bench/neighbour_chains.py --dataset lastfm --out results/analysis/neighbour_chains-lastfm.json
+    .venv/bin/python bench/neighbour_chains.py --dataset lastfm --seed 2020 \
+        --out results/analysis/neighbour_chains-lastfm-seed2020.json
 """
 from __future__ import annotations
 
@@ -28,13 +29,10 @@ from recbole_r2rec.protocol import prepare_data
 
 def weighted_chains(graph: InteractionGraph, user: int, hist: np.ndarray, cands: np.ndarray, weight: np.ndarray,
                     signal: str) -> np.ndarray:
-    """Per candidate, chains through `hist` whose co-chooser u1 counts weight[u1] (the user's own is 0)."""
-    co = (graph.by_item[hist].multiply(weight[None, :]) @ graph.by_item[cands].T).toarray()
-    if signal == "sum_cosine":
-        mine = graph.matrix[user].toarray().ravel()
-        pop_h, pop_c = graph.popularity[hist] - mine[hist], graph.popularity[cands] - mine[cands]
-        co = co / np.sqrt(np.maximum(np.outer(pop_h, pop_c), 1))
-    return co.sum(axis=0)
+    """Per candidate, `signal` over chains in any order through `hist` whose co-chooser u1 counts
+    weight[u1]: the graph's own weighted count (`evidence_neighbours`), with weights it does not offer."""
+    mine = graph.matrix[user].toarray().ravel()
+    return graph._signal(graph._cochooser_counts(user, hist, cands, mine, 0, weight), signal, 1.0, hist, cands, mine)
 
 
 def main():
@@ -48,7 +46,6 @@ def main():
     config = build_config("SASRec", args.dataset, overrides={"seed": args.seed, "show_progress": False})
     train, valid, _ = prepare_data(config, create_dataset(config))
     graph = InteractionGraph.from_training(train._dataset)
-    sizes = np.asarray(graph.matrix.sum(axis=1)).ravel().astype(float)
     inter = valid._dataset.inter_feat
     rng = np.random.default_rng([args.seed, 5])
     hits: dict = {}
@@ -64,7 +61,7 @@ def main():
         scores = {"own": base}
         shared = np.asarray(graph.co[user].todense()).ravel().astype(float)
         shared[user] = 0
-        cosine = shared / np.sqrt(np.maximum(sizes * sizes[user], 1))
+        cosine = graph.neighbour_weights(user)  # what evidence_neighbours: cosine weighs by
         mine = graph.matrix[user].toarray().ravel()
         popularity = standardised(np.log1p(graph.popularity[cands] - mine[cands]))
         for name, weight in (("shared^0.5", np.sqrt(shared)), ("shared^1", shared), ("shared^2", shared ** 2),
