@@ -27,6 +27,11 @@ def test_model_settings_for_one_dataset_beat_the_models_defaults_only_there(tmp_
     assert build_config("R2Rec", "ml-100k")["evidence_signal"] == "sum_cosine"
     assert build_config("R2Rec", "steam", overrides={"evidence_signal": "max_cochoosers"})["evidence_signal"] \
         == "max_cochoosers"  # the command line still beats it
+    # properties/model/R2Rec/lastfm.yaml: neighbour-weighted chains there only, and a leaderboard row that
+    # pins the old value keeps meaning what its cells ran with
+    assert build_config("R2Rec", "lastfm")["evidence_neighbours"] == "cosine"
+    assert build_config("R2Rec", "ml-100k")["evidence_neighbours"] == "none"
+    assert "--evidence_neighbours=none" in cell_command(Cell("R2Rec-sft-noneighbours", "lastfm", 2020), "o.json", [])
 
 
 def test_malformed_yaml_names_the_file(tmp_path):
