@@ -4,7 +4,8 @@ import pytest
 
 from recbole_r2rec.config import ConfigError, DatasetNotFoundError, build_config, check_dataset_on_disk
 from recbole_r2rec.registry import UnknownModelError, get_model, get_trainer
-from recbole_r2rec.leaderboard import Cell, cell_command
+from recbole_r2rec.chains import check_blend, check_neighbours, check_recency
+from recbole_r2rec.leaderboard import Cell, cell_command, variants
 from recbole_r2rec.runner import build_parser, parse_overrides, run
 
 
@@ -32,6 +33,25 @@ def test_model_settings_for_one_dataset_beat_the_models_defaults_only_there(tmp_
     assert build_config("R2Rec", "lastfm")["evidence_neighbours"] == "cosine"
     assert build_config("R2Rec", "ml-100k")["evidence_neighbours"] == "none"
     assert "--evidence_neighbours=none" in cell_command(Cell("R2Rec-sft-noneighbours", "lastfm", 2020), "o.json", [])
+    # ... and ordered chains blended with 2 x those in any order, there only
+    lastfm = build_config("R2Rec", "lastfm")
+    assert (lastfm["evidence_window"], lastfm["evidence_unordered"]) == (20, 2.0)
+    assert build_config("R2Rec", "steam")["evidence_window"] == 0
+    assert "--evidence_window=0" in cell_command(Cell("R2Rec-sft-anyorder", "lastfm", 2020), "o.json", [])
+
+
+@pytest.mark.parametrize("dataset", ["ml-100k", "lastfm", "steam"])
+def test_every_r2rec_leaderboard_row_is_a_valid_evidence_setting_on_every_dataset(dataset):
+    # a row pins some evidence keys over each dataset's own file; the mix must still be one the model
+    # accepts (e.g. neighbour weighting needs chains in any order), or that row's cells fail on that dataset
+    rows = {name: extra for name, (model, extra) in variants().items() if model == "R2Rec"}
+    assert len(rows) >= 20
+    for name, extra in rows.items():
+        config = build_config("R2Rec", dataset, overrides=extra)
+        window, unordered = config["evidence_window"], float(config["evidence_unordered"])
+        check_recency(float(config["evidence_recency"]))
+        check_blend(unordered, float(config["evidence_popularity"]), window)
+        check_neighbours(config["evidence_neighbours"], window, unordered)
 
 
 def test_malformed_yaml_names_the_file(tmp_path):
