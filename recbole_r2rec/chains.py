@@ -74,6 +74,13 @@ def check_recency(recency: float) -> None:
         raise ValueError(f"evidence_recency must be in (0, 1] (1: every history item counts alike), not {recency}")
 
 
+def check_evidence(recency: float, window: int, unordered: float, popularity: float, neighbours: str) -> None:
+    """Every check of the evidence keys together, as the model (at construction) and the graph apply them."""
+    check_recency(recency)
+    check_blend(unordered, popularity, window)
+    check_neighbours(neighbours, window, unordered)
+
+
 class InteractionGraph:
     """Users x items of the training split, indexed once (sparse), with co-interaction counts."""
 
@@ -181,11 +188,9 @@ class InteractionGraph:
         log popularity (without the user), each standardised alike, so the weights compare like with like.
         `neighbours` (`evidence_neighbours`) weighs each co-chooser of the chains in any order; the
         support (the count an evidence line shows) stays the number of real co-choosers."""
-        check_blend(unordered, popularity, window)
-        check_neighbours(neighbours, window, unordered)
+        check_evidence(recency, window, unordered, popularity, neighbours)
         if signal not in EVIDENCE_SIGNALS:
             raise ValueError(f"unknown evidence signal {signal!r}; known: {list(EVIDENCE_SIGNALS)}")
-        check_recency(recency)
         hist = np.array([i for i in history if i], dtype=np.int64)
         cands = np.asarray(candidates, dtype=np.int64)
         if not len(hist) or not len(cands):

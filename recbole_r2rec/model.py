@@ -11,7 +11,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_r2rec import prompts
-from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph, check_blend, check_neighbours, check_recency
+from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph, check_evidence
 from recbole_r2rec.config import ConfigError
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
@@ -90,9 +90,8 @@ class R2Rec(SequentialRecommender):
         self.evidence_popularity = float(config["evidence_popularity"])
         self.evidence_neighbours = config["evidence_neighbours"]
         try:  # the graph's own checks, raised at construction as config errors
-            check_recency(self.evidence_recency)
-            check_blend(self.evidence_unordered, self.evidence_popularity, window)
-            check_neighbours(self.evidence_neighbours, window, self.evidence_unordered)
+            check_evidence(self.evidence_recency, window, self.evidence_unordered, self.evidence_popularity,
+                           self.evidence_neighbours)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         self.evidence_weight = float(config["evidence_weight"])

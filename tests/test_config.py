@@ -4,7 +4,7 @@ import pytest
 
 from recbole_r2rec.config import ConfigError, DatasetNotFoundError, build_config, check_dataset_on_disk
 from recbole_r2rec.registry import UnknownModelError, get_model, get_trainer
-from recbole_r2rec.chains import check_blend, check_neighbours, check_recency
+from recbole_r2rec.chains import check_evidence
 from recbole_r2rec.leaderboard import Cell, cell_command, variants
 from recbole_r2rec.runner import build_parser, parse_overrides, run
 
@@ -48,10 +48,9 @@ def test_every_r2rec_leaderboard_row_is_a_valid_evidence_setting_on_every_datase
     assert len(rows) >= 20
     for name, extra in rows.items():
         config = build_config("R2Rec", dataset, overrides=extra)
-        window, unordered = config["evidence_window"], float(config["evidence_unordered"])
-        check_recency(float(config["evidence_recency"]))
-        check_blend(unordered, float(config["evidence_popularity"]), window)
-        check_neighbours(config["evidence_neighbours"], window, unordered)
+        check_evidence(float(config["evidence_recency"]), config["evidence_window"],
+                       float(config["evidence_unordered"]), float(config["evidence_popularity"]),
+                       config["evidence_neighbours"])
 
 
 def test_malformed_yaml_names_the_file(tmp_path):
