@@ -115,6 +115,23 @@ def bert4rec_batch_without_masked_items() -> None:
     BERT4Rec.calculate_loss = calculate_loss
 
 
+def race_safe_ensure_dir() -> None:
+    """RecBole's `ensure_dir` checks `os.path.exists` and then calls `os.makedirs`, so two runs started
+    together (two leaderboard cells side by side) can both see no `./log` and the second dies with
+    `FileExistsError: [Errno 17] File exists: './log'` before training. `exist_ok=True` closes the race.
+    The modules that imported the function by name get the safe one too."""
+    import importlib
+
+    def ensure_dir(dir_path):
+        os.makedirs(dir_path, exist_ok=True)
+
+    for name in ("recbole.utils.utils", "recbole.utils", "recbole.utils.logger", "recbole.data.utils",
+                 "recbole.trainer.trainer", "recbole.data.dataset.dataset"):
+        module = importlib.import_module(name)
+        if hasattr(module, "ensure_dir"):
+            module.ensure_dir = ensure_dir
+
+
 def quiet_known_warnings() -> None:
     """RecBole 1.2.1 triggers pandas 2.x and torch deprecation warnings on every run (chained
     `fillna(inplace=True)`, `torch.cuda.amp.GradScaler`); they are harmless with the pinned versions
@@ -135,4 +152,5 @@ def apply() -> None:
     restore_dok_private_update()
     disable_import_time_anomaly_detection()
     bert4rec_batch_without_masked_items()
+    race_safe_ensure_dir()
     _APPLIED = True

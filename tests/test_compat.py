@@ -111,3 +111,18 @@ def test_bert4rec_batch_with_no_masked_item_has_zero_loss_not_nan(tiny_data_path
                           model.MASK_INDEX: index})
     loss = model.calculate_loss(masked)
     assert torch.isfinite(loss) and loss.item() > 0
+
+
+@pytest.mark.parametrize("module", ["recbole.utils.logger", "recbole.data.utils", "recbole.trainer.trainer"])
+def test_ensure_dir_survives_a_concurrent_creator(module, tmp_path, monkeypatch):
+    """Two cells started together: both see no `./log`, the other creates it first. RecBole's own
+    `ensure_dir` then raised FileExistsError (seen running two leaderboard cells side by side)."""
+    import importlib
+
+    ensure_dir = importlib.import_module(module).ensure_dir
+    target = tmp_path / "log"
+    target.mkdir()
+    monkeypatch.setattr(os.path, "exists", lambda path: False)  # the check ran before the other's mkdir
+    ensure_dir(str(target))
+    ensure_dir(str(tmp_path / "log" / "SASRec"))
+    assert (tmp_path / "log" / "SASRec").is_dir()
