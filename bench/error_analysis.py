@@ -28,7 +28,7 @@ def evidence_settings(dataset: str) -> dict:
     config = build_config("R2Rec", dataset, overrides={"show_progress": False})
     return {key: config[key] for key in ("history_len", "evidence_items", "evidence_signal", "evidence_recency",
                                          "evidence_window", "evidence_unordered", "evidence_popularity",
-                                         "evidence_neighbours")}
+                                         "evidence_neighbours", "evidence_decay")}
 
 
 def user_facts(dataset: str, seed: int, evidence: dict) -> pd.DataFrame:
@@ -47,7 +47,7 @@ def user_facts(dataset: str, seed: int, evidence: dict) -> pd.DataFrame:
         support, strength = graph.evidence(user, history, shown, evidence["evidence_signal"],
                                            evidence["evidence_recency"], evidence["evidence_window"],
                                            evidence["evidence_unordered"], evidence["evidence_popularity"],
-                                           evidence["evidence_neighbours"])
+                                           evidence["evidence_neighbours"], evidence["evidence_decay"])
         listed = [shown[j] for j in prompts.strongest(list(strength), evidence["evidence_items"],
                                                       [n for n, _ in support])]
         rows.append({"user": str(user), "history_len": len(graph.items_of(user)), "target_popularity": int(graph.popularity[target]),

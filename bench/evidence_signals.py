@@ -11,7 +11,9 @@ recent history item counts d**k), the same over *ordered* chains as `<signal>@wi
 dataset (its layered config) blended with `evidence_unordered` u and `evidence_popularity` p, as
 `blend@unordered=u,popularity=p` (0:0 = R2Rec's evidence as configured; u > 0 needs its evidence_window > 0);
 with `--neighbours cosine` each blend again as `...,neighbours=cosine` (R2Rec's `evidence_neighbours`: the
-chains in any order weighted by the co-chooser's cosine with the user; needs u > 0 where the window is > 0).
+chains in any order weighted by the co-chooser's cosine with the user; needs u > 0 where the window is > 0),
+and with `--decay d,...` each again as `...,decay=d` (R2Rec's `evidence_decay`: an ordered chain counts
+d**(k-1) when the co-chooser chose c k steps after i0; needs the dataset's evidence_window > 0).
 
     .venv/bin/python bench/evidence_signals.py --dataset ml-100k --recency 0.9,0.7,0.5 --window 3,10,20 \
         --out results/analysis/evidence_signals-ml-100k.json
@@ -32,7 +34,7 @@ from recbole_r2rec.protocol import prepare_data
 
 
 def signals(graph: InteractionGraph, user: int, history: list, shown: list, recency=(), windows=(), blends=(),
-            own=None, neighbours=()) -> dict:
+            own=None, neighbours=(), decays=()) -> dict:
     out = {name: graph.chain_strength(user, history, shown, name) for name in EVIDENCE_SIGNALS}
     for d in recency:
         for name in ("sum_cochoosers", "sum_cosine"):
@@ -43,9 +45,11 @@ def signals(graph: InteractionGraph, user: int, history: list, shown: list, rece
                 out[f"{name}@window={w},recency={d:g}"] = graph.chain_strength(user, history, shown, name, d, w)
     for u, p in blends:
         for n in ("none", *neighbours):
-            name = f"blend@unordered={u:g},popularity={p:g}" + (f",neighbours={n}" if n != "none" else "")
-            out[name] = graph.chain_strength(user, history, shown, own["evidence_signal"], own["evidence_recency"],
-                                             own["evidence_window"], u, p, n)
+            for d in (own["evidence_decay"], *decays):
+                name = (f"blend@unordered={u:g},popularity={p:g}" + (f",neighbours={n}" if n != "none" else "")
+                        + (f",decay={d:g}" if d != own["evidence_decay"] else ""))
+                out[name] = graph.chain_strength(user, history, shown, own["evidence_signal"],
+                                                 own["evidence_recency"], own["evidence_window"], u, p, n, d)
     out["popularity"] = graph.popularity[np.asarray(shown, dtype=np.int64)].astype(float)
     return out
 
@@ -63,6 +67,8 @@ def main():
                         default=[], help="comma list of unordered:popularity weights blended into R2Rec's evidence")
     parser.add_argument("--neighbours", type=lambda v: v.split(","), default=[],
                         help="evidence_neighbours weightings to add to each --blend (e.g. cosine)")
+    parser.add_argument("--decay", type=lambda v: [float(x) for x in v.split(",")], default=[],
+                        help="evidence_decay values to add to each --blend (ordered chains weighed by distance)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     own = build_config("R2Rec", args.dataset, overrides={"show_progress": False}) if args.blend else None
@@ -79,12 +85,12 @@ def main():
                                       args.history_len)
         shown = list(valid.candidates[user])
         for name, score in signals(graph, user, history, shown, args.recency, args.window, args.blend,
-                                   own, args.neighbours).items():
+                                   own, args.neighbours, args.decay).items():
             order = np.lexsort((rng.random(len(shown)), -score))
             hits.setdefault(name, []).append(float(shown[order[0]] == target))
     out = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": len(inter),
            "history_len": args.history_len, "recency": args.recency, "window": args.window, "blend": args.blend,
-           "neighbours": args.neighbours,
+           "neighbours": args.neighbours, "decay": args.decay,
            "hit@1": {name: float(np.mean(h)) for name, h in hits.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))

@@ -74,11 +74,23 @@ def check_recency(recency: float) -> None:
         raise ValueError(f"evidence_recency must be in (0, 1] (1: every history item counts alike), not {recency}")
 
 
-def check_evidence(recency: float, window: int, unordered: float, popularity: float, neighbours: str) -> None:
+def check_decay(decay: float, window: int) -> None:
+    """`evidence_decay` weighs an ordered chain by how soon the co-chooser chose c after i0 (decay**(d-1) at
+    d steps): it must be in (0, 1], and below 1 it needs ordered chains (a window) to act on."""
+    if not 0 < decay <= 1:
+        raise ValueError(f"evidence_decay must be in (0, 1] (1: every step within the window counts alike), "
+                         f"not {decay}")
+    if decay < 1 and not window:
+        raise ValueError("evidence_decay weighs ordered chains by their distance; it needs evidence_window > 0")
+
+
+def check_evidence(recency: float, window: int, unordered: float, popularity: float, neighbours: str,
+                   decay: float = 1.0) -> None:
     """Every check of the evidence keys together, as the model (at construction) and the graph apply them."""
     check_recency(recency)
     check_blend(unordered, popularity, window)
     check_neighbours(neighbours, window, unordered)
+    check_decay(decay, window)
 
 
 class InteractionGraph:
@@ -95,7 +107,7 @@ class InteractionGraph:
         self.sizes = np.asarray(self.matrix.sum(axis=1)).ravel().astype(float)  # items per user
         self.held_out = held_out or {}
         self.sequences = sequences or {}  # user -> training items in time order (ordered chains)
-        self._followers = {}  # window -> item x item matrix of users who chose the column soon after the row
+        self._followers = {}  # (window, decay) -> item x item matrix of users who chose the column soon after the row
 
     @classmethod
     def from_training(cls, train_dataset, seen: dict | None = None):
@@ -127,32 +139,41 @@ class InteractionGraph:
     def users_of(self, item: int) -> np.ndarray:
         return self.by_item.indices[self.by_item.indptr[item]:self.by_item.indptr[item + 1]]
 
-    def _pairs(self, user: int, window: int) -> np.ndarray:
-        """(i, c) pairs, as i * n_items + c, where the user chose c within `window` steps after i."""
+    def _pairs(self, user: int, window: int, decay: float = 1.0) -> tuple:
+        """(i, c) pairs, as i * n_items + c, where the user chose c within `window` steps after i, and each
+        pair's weight decay**(d-1), d the fewest steps from an i to a later c (all 1 without decay)."""
         seq = np.asarray(self.sequences.get(user, ()), dtype=np.int64)
         n = self.matrix.shape[1]
-        keys = [seq[:-d] * n + seq[d:] for d in range(1, min(window, len(seq) - 1) + 1)]
-        keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
-        return keys[keys // n != keys % n]
+        steps = range(1, min(window, len(seq) - 1) + 1)
+        keys = [seq[:-d] * n + seq[d:] for d in steps]
+        if not keys:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        weights = np.concatenate([np.full(len(k), decay ** (d - 1)) for d, k in zip(steps, keys)])
+        keys, first = np.unique(np.concatenate(keys), return_index=True)  # first: the fewest steps
+        keep = keys // n != keys % n
+        return keys[keep], weights[first][keep]
 
-    def followers(self, window: int) -> sp.csr_matrix:
-        """[i, c] = users who chose c within `window` steps after i (ordered co-choosers), built once."""
+    def followers(self, window: int, decay: float = 1.0) -> sp.csr_matrix:
+        """[i, c] = users who chose c within `window` steps after i (ordered co-choosers), each counting
+        decay**(d-1) at d steps (see `_pairs`), built once per (window, decay)."""
         if not self.sequences:
             raise ValueError("ordered chains (evidence_window > 0) need the training sequences in time order; "
                              "this graph was built from data without item lists")
-        if window not in self._followers:
+        if (window, decay) not in self._followers:
             n = self.matrix.shape[1]
-            keys = np.concatenate([self._pairs(u, window) for u in self.sequences] or [np.zeros(0, np.int64)])
-            self._followers[window] = sp.csr_matrix((np.ones(len(keys), dtype=np.int32), (keys // n, keys % n)),
-                                                    shape=(n, n))
-        return self._followers[window]
+            pairs = [self._pairs(u, window, decay) for u in self.sequences] or [(np.zeros(0, np.int64), np.zeros(0))]
+            keys = np.concatenate([k for k, _ in pairs])
+            weights = np.concatenate([w for _, w in pairs])
+            values = weights if decay < 1 else np.ones(len(keys), dtype=np.int32)
+            self._followers[window, decay] = sp.csr_matrix((values, (keys // n, keys % n)), shape=(n, n))
+        return self._followers[window, decay]
 
     def cochoosers(self, item: int, then: int, window: int = 0) -> np.ndarray:
         """Users who chose both `item` and `then` (with `window`: `then` within that many steps after)."""
         users = np.intersect1d(self.users_of(item), self.users_of(then))
         if window:
             key = item * self.matrix.shape[1] + then
-            users = np.array([u for u in users.tolist() if key in self._pairs(u, window)], dtype=np.int64)
+            users = np.array([u for u in users.tolist() if key in self._pairs(u, window)[0]], dtype=np.int64)
         return users
 
     def candidate_support(self, user: int, history, candidates) -> list:
@@ -163,7 +184,7 @@ class InteractionGraph:
 
     def chain_strength(self, user: int, history, candidates, signal: str = "max_cochoosers",
                        recency: float = 1.0, window: int = 0, unordered: float = 0.0,
-                       popularity: float = 0.0, neighbours: str = "none") -> np.ndarray:
+                       popularity: float = 0.0, neighbours: str = "none", decay: float = 1.0) -> np.ndarray:
         """Per candidate, how strongly chains through the history lead to it (what the evidence is
         ranked by; 0 = no chain): `max_cochoosers`, the co-choosers of its best chain (the count the
         evidence line shows); `sum_cochoosers`, summed over the history items; `sum_cosine`, the cosine of
@@ -171,14 +192,15 @@ class InteractionGraph:
         blockbuster every user chose is not the strongest chain of everyone). Again without the user.
         recency (summed signals): the chains through the k-th most recent history item count recency**k
         (1 = all alike), for datasets where the last items say most about the next one. window > 0: only
-        ordered chains count (co-choosers who chose the candidate within `window` steps after i0).
+        ordered chains count (co-choosers who chose the candidate within `window` steps after i0); decay < 1:
+        such a co-chooser counts decay**(d-1) when c came d steps after i0, so "right after" weighs most.
         unordered / popularity > 0: a blend, see `evidence`. neighbours: see `neighbour_weights`."""
         return self.evidence(user, history, candidates, signal, recency, window, unordered, popularity,
-                             neighbours)[1]
+                             neighbours, decay)[1]
 
     def evidence(self, user: int, history, candidates, signal: str = "max_cochoosers", recency: float = 1.0,
                  window: int = 0, unordered: float = 0.0, popularity: float = 0.0,
-                 neighbours: str = "none") -> tuple:
+                 neighbours: str = "none", decay: float = 1.0) -> tuple:
         """(`candidate_support`, `chain_strength`) from one count of co-choosers, for prompts that show
         the one and rank by the other. `history` is oldest first; `window` as in `chain_strength`.
 
@@ -187,8 +209,9 @@ class InteractionGraph:
         (with a window: what goes together, besides what comes next), plus `popularity` x the candidate's
         log popularity (without the user), each standardised alike, so the weights compare like with like.
         `neighbours` (`evidence_neighbours`) weighs each co-chooser of the chains in any order; the
-        support (the count an evidence line shows) stays the number of real co-choosers."""
-        check_evidence(recency, window, unordered, popularity, neighbours)
+        support (the count an evidence line shows) stays the number of real co-choosers, also with `decay`
+        (`evidence_decay`, ordered chains weighed by their distance; see `chain_strength`)."""
+        check_evidence(recency, window, unordered, popularity, neighbours, decay)
         if signal not in EVIDENCE_SIGNALS:
             raise ValueError(f"unknown evidence signal {signal!r}; known: {list(EVIDENCE_SIGNALS)}")
         hist = np.array([i for i in history if i], dtype=np.int64)
@@ -203,6 +226,8 @@ class InteractionGraph:
         weight = self.neighbour_weights(user) if neighbours != "none" else None
         if weight is not None and not window:
             co = self._cochooser_counts(user, hist, cands, mine, 0, weight)
+        if decay < 1:
+            co = self._cochooser_counts(user, hist, cands, mine, window, decay=decay)
         strength = self._signal(co, signal, recency, hist, cands, mine)
         if not (unordered or popularity):
             return support, strength
@@ -223,13 +248,19 @@ class InteractionGraph:
         return weight
 
     def _cochooser_counts(self, user: int, hist: np.ndarray, cands: np.ndarray, mine: np.ndarray,
-                          window: int, weight: np.ndarray | None = None) -> np.ndarray:
-        """[H, C] other users who chose both i0 and c (with `window`: c within that many steps after i0;
-        with `weight`, in any order, each such user counting its weight)."""
+                          window: int, weight: np.ndarray | None = None, decay: float = 1.0) -> np.ndarray:
+        """[H, C] other users who chose both i0 and c (with `window`: c within that many steps after i0,
+        each counting decay**(d-1); with `weight`, in any order, each such user counting its weight)."""
         if window:
             n = self.matrix.shape[1]
-            co = self.followers(window)[hist][:, cands].toarray()
-            return co - np.isin(hist[:, None] * n + cands[None, :], self._pairs(user, window)).astype(co.dtype)
+            co = self.followers(window, decay)[hist][:, cands].toarray()
+            keys, weights = self._pairs(user, window, decay)  # the user's own pairs (sorted), taken out
+            own = np.zeros(co.shape)
+            if len(keys):
+                grid = hist[:, None] * n + cands[None, :]
+                at = np.searchsorted(keys, grid).clip(max=len(keys) - 1)
+                own = np.where(keys[at] == grid, weights[at], 0.0)
+            return co - own.astype(co.dtype)
         if weight is not None:  # the user's own weight is 0: nothing to take out
             return (self.by_item[hist].multiply(weight[None, :]).tocsr() @ self.by_item[cands].T).toarray()
         return (self.by_item[hist] @ self.by_item[cands].T).toarray() - np.outer(mine[hist], mine[cands])

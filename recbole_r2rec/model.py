@@ -89,9 +89,10 @@ class R2Rec(SequentialRecommender):
         self.evidence_unordered = float(config["evidence_unordered"])
         self.evidence_popularity = float(config["evidence_popularity"])
         self.evidence_neighbours = config["evidence_neighbours"]
+        self.evidence_decay = float(config["evidence_decay"])
         try:  # the graph's own checks, raised at construction as config errors
             check_evidence(self.evidence_recency, window, self.evidence_unordered, self.evidence_popularity,
-                           self.evidence_neighbours)
+                           self.evidence_neighbours, self.evidence_decay)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         self.evidence_weight = float(config["evidence_weight"])
@@ -119,7 +120,7 @@ class R2Rec(SequentialRecommender):
             return None
         return self.graph.evidence(user, history, shown, self.evidence_signal, self.evidence_recency,
                                    self.evidence_window, self.evidence_unordered, self.evidence_popularity,
-                                   self.evidence_neighbours)
+                                   self.evidence_neighbours, self.evidence_decay)
 
     def grounding(self, user: int, history: list, shown: list, evidence: tuple | None = None) -> str:
         """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains

@@ -212,6 +212,25 @@ def test_ordered_chains_never_count_the_user_itself():
     assert g.cochoosers(2, 4).tolist() == [1, 2]            # in any order it is
 
 
+def test_decayed_ordered_chains_weigh_a_cochooser_by_how_soon_it_chose_the_candidate():
+    g = ordered_graph()
+    hist, cands = [1, 2, 3], [4, 7, 5]
+    # Window 3, others' pairs at d steps: u2 [4,1,2,7]: (1,2) (2,7) at 1, (1,7) at 2, (4,7) at 3;
+    # u3 [3,8,4]: (3,4) at 2. Undecayed 4 <- 3 (u3) and 7 <- 1, 2 (u2): [1, 2, 0]. With decay 0.5 a
+    # co-chooser counts 0.5**(d-1): 4 <- 3 at 2 steps = 0.5; 7 <- 1 at 2 steps 0.5 + 7 <- 2 at 1 step 1.
+    assert g.chain_strength(1, hist, cands, "sum_cochoosers", window=3).tolist() == [1, 2, 0]
+    np.testing.assert_allclose(g.chain_strength(1, hist, cands, "sum_cochoosers", window=3, decay=0.5), [0.5, 1.5, 0])
+    # the evidence lines keep the real number of co-choosers
+    assert g.evidence(1, hist, cands, "max_cochoosers", window=3, decay=0.5)[0] == [(1, 3), (1, 1), (0, None)]
+    # u1 itself chose 4 right after 3 (weight 1), u3 two steps after (0.5): only u3's 0.5 counts
+    np.testing.assert_allclose(g.chain_strength(1, [3], [4], "sum_cochoosers", window=3, decay=0.5), [0.5])
+    with pytest.raises(ValueError, match=r"evidence_decay must be in \(0, 1\]"):
+        g.chain_strength(1, hist, cands, "sum_cochoosers", window=3, decay=0.0)
+    with pytest.raises(ValueError, match="evidence_decay weighs ordered chains by their distance; it needs "
+                                         "evidence_window > 0"):
+        g.chain_strength(1, hist, cands, "sum_cochoosers", decay=0.5)
+
+
 def test_ordered_chains_need_sequences():
     with pytest.raises(ValueError, match="need the training sequences in time order"):
         graph().chain_strength(1, [1, 2, 3], [4], "sum_cosine", window=5)

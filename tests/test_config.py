@@ -50,7 +50,7 @@ def test_every_r2rec_leaderboard_row_is_a_valid_evidence_setting_on_every_datase
         config = build_config("R2Rec", dataset, overrides=extra)
         check_evidence(float(config["evidence_recency"]), config["evidence_window"],
                        float(config["evidence_unordered"]), float(config["evidence_popularity"]),
-                       config["evidence_neighbours"])
+                       config["evidence_neighbours"], float(config["evidence_decay"]))
 
 
 def test_malformed_yaml_names_the_file(tmp_path):
