@@ -68,18 +68,21 @@ def check_neighbours(neighbours: str, window: int, unordered: float) -> None:
                          "evidence_unordered > 0 (or evidence_window 0)")
 
 
+def check_per_step_factor(key: str, value: float, one_means: str) -> None:
+    """A weight applied once per step (`evidence_recency`, `evidence_decay`) must be in (0, 1]."""
+    if not 0 < value <= 1:
+        raise ValueError(f"{key} must be in (0, 1] (1: {one_means}), not {value}")
+
+
 def check_recency(recency: float) -> None:
-    """`evidence_recency` weighs the k-th most recent history item recency**k: it must be in (0, 1]."""
-    if not 0 < recency <= 1:
-        raise ValueError(f"evidence_recency must be in (0, 1] (1: every history item counts alike), not {recency}")
+    """`evidence_recency` weighs the k-th most recent history item recency**k."""
+    check_per_step_factor("evidence_recency", recency, "every history item counts alike")
 
 
 def check_decay(decay: float, window: int) -> None:
     """`evidence_decay` weighs an ordered chain by how soon the co-chooser chose c after i0 (decay**(d-1) at
-    d steps): it must be in (0, 1], and below 1 it needs ordered chains (a window) to act on."""
-    if not 0 < decay <= 1:
-        raise ValueError(f"evidence_decay must be in (0, 1] (1: every step within the window counts alike), "
-                         f"not {decay}")
+    d steps); below 1 it needs ordered chains (a window) to act on."""
+    check_per_step_factor("evidence_decay", decay, "every step within the window counts alike")
     if decay < 1 and not window:
         raise ValueError("evidence_decay weighs ordered chains by their distance; it needs evidence_window > 0")
 
