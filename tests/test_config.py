@@ -1,12 +1,15 @@
 """Layered configuration, model lookup and the errors a user sees."""
 
+import json
+
 import pytest
 
-from recbole_r2rec.config import ConfigError, DatasetNotFoundError, build_config, check_dataset_on_disk
+from recbole_r2rec.config import PROJECT_ROOT, ConfigError, DatasetNotFoundError, build_config, check_dataset_on_disk
 from recbole_r2rec.registry import UnknownModelError, get_model, get_trainer
 from recbole_r2rec.chains import check_evidence
 from recbole_r2rec.leaderboard import Cell, cell_command, variants
 from recbole_r2rec.runner import build_parser, parse_overrides, run
+from recbole_r2rec.stages import _SETTINGS_BEFORE_THEY_EXISTED
 
 
 def test_layers_overall_dataset_model_files_cmdline(tmp_path):
@@ -52,6 +55,32 @@ def test_every_r2rec_leaderboard_row_is_a_valid_evidence_setting_on_every_datase
                        float(config["evidence_unordered"]), float(config["evidence_popularity"]),
                        config["evidence_neighbours"], float(config["evidence_decay"]))
 
+
+
+EVIDENCE_KEYS = ("evidence_signal", "evidence_recency", "evidence_window", "evidence_unordered",
+                 "evidence_popularity", "evidence_neighbours", "evidence_decay")
+
+
+@pytest.mark.parametrize("dataset", ["ml-100k", "lastfm", "steam"])
+def test_every_stored_r2rec_cell_ran_what_its_row_means_today(dataset):
+    # when a dataset's default changes (e.g. ml-100k's evidence_decay 1 -> 0.95), the cells run with the old
+    # default must move to a row that pins it; a row whose meaning changed under its cells would report
+    # numbers of one setting under the name of another
+    rows = {name: extra for name, (model, extra) in variants().items() if model == "R2Rec"}
+    cells = sorted((PROJECT_ROOT / "results" / "leaderboard" / "cells").glob(f"R2Rec*-{dataset}-seed*.json"))
+    assert len(cells) >= 20
+    changed = []
+    for path in cells:
+        row = path.name.rsplit(f"-{dataset}-seed", 1)[0]
+        ran = json.loads(path.read_text())["config"]
+        now = build_config("R2Rec", dataset, overrides=rows.get(row, {}))
+        for key in EVIDENCE_KEYS:
+            before, after = ran.get(key, _SETTINGS_BEFORE_THEY_EXISTED[key]), now[key]
+            if not isinstance(before, str):
+                before, after = float(before), float(after)
+            if before != after:
+                changed.append((path.name, key, before, after))
+    assert not changed
 
 def test_malformed_yaml_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
