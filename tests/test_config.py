@@ -56,7 +56,6 @@ def test_every_r2rec_leaderboard_row_is_a_valid_evidence_setting_on_every_datase
                        config["evidence_neighbours"], float(config["evidence_decay"]))
 
 
-
 EVIDENCE_KEYS = ("evidence_signal", "evidence_recency", "evidence_window", "evidence_unordered",
                  "evidence_popularity", "evidence_neighbours", "evidence_decay")
 
@@ -81,6 +80,7 @@ def test_every_stored_r2rec_cell_ran_what_its_row_means_today(dataset):
             if before != after:
                 changed.append((path.name, key, before, after))
     assert not changed
+
 
 def test_malformed_yaml_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
