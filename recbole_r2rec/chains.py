@@ -87,13 +87,25 @@ def check_decay(decay: float, window: int) -> None:
         raise ValueError("evidence_decay weighs ordered chains by their distance; it needs evidence_window > 0")
 
 
+def check_regularised(weight: float, penalty: float, recency: float) -> None:
+    """`evidence_regularised` (a blend weight, >= 0), its EASE `evidence_regularised_penalty` (> 0) and its
+    per-step `evidence_regularised_recency` (in (0, 1])."""
+    if weight < 0:
+        raise ValueError(f"evidence_regularised must be >= 0 (0: not blended), not {weight}")
+    if penalty <= 0:
+        raise ValueError(f"evidence_regularised_penalty must be > 0 (EASE's L2 penalty), not {penalty}")
+    check_per_step_factor("evidence_regularised_recency", recency, "every history item counts alike")
+
+
 def check_evidence(recency: float, window: int, unordered: float, popularity: float, neighbours: str,
-                   decay: float = 1.0) -> None:
+                   decay: float = 1.0, regularised: float = 0.0, penalty: float = 500.0,
+                   regularised_recency: float = 0.7) -> None:
     """Every check of the evidence keys together, as the model (at construction) and the graph apply them."""
     check_recency(recency)
     check_blend(unordered, popularity, window)
     check_neighbours(neighbours, window, unordered)
     check_decay(decay, window)
+    check_regularised(regularised, penalty, regularised_recency)
 
 
 class InteractionGraph:
@@ -111,6 +123,7 @@ class InteractionGraph:
         self.held_out = held_out or {}
         self.sequences = sequences or {}  # user -> training items in time order (ordered chains)
         self._followers = {}  # (window, decay) -> item x item matrix of users who chose the column soon after the row
+        self._regularised = {}  # EASE penalty -> (X'X + penalty I)^-1, dense items x items
 
     @classmethod
     def from_training(cls, train_dataset, seen: dict | None = None):
@@ -171,6 +184,42 @@ class InteractionGraph:
             self._followers[window, decay] = sp.csr_matrix((values, (keys // n, keys % n)), shape=(n, n))
         return self._followers[window, decay]
 
+    # Dense items x items in float64: 30000 items would be 7 GiB, past what a chain signal should cost.
+    MAX_REGULARISED_ITEMS = 30000
+
+    def regularised_inverse(self, penalty: float) -> np.ndarray:
+        """(X'X + penalty I)^-1 over the binary training matrix X, the inverse EASE (Steck, WWW 2019) builds
+        its item-item weights from; computed once per penalty."""
+        n = self.matrix.shape[1]
+        if n > self.MAX_REGULARISED_ITEMS:
+            raise ValueError(f"evidence_regularised needs a dense {n} x {n} item matrix "
+                             f"({n * n * 8 / 2 ** 30:.1f} GiB); it is meant for datasets of at most "
+                             f"{self.MAX_REGULARISED_ITEMS} items: set evidence_regularised to 0")
+        if penalty not in self._regularised:
+            binary = self.matrix.astype(np.float64)
+            gram = (binary.T @ binary).toarray()
+            gram[np.diag_indices(n)] += penalty
+            self._regularised[penalty] = np.linalg.inv(gram)
+        return self._regularised[penalty]
+
+    def regularised_strength(self, user: int, hist: np.ndarray, cands: np.ndarray, penalty: float,
+                             recency: float) -> np.ndarray:
+        """Per candidate, EASE's score sum_k recency**k B[h_k, c] over the history (most recent first, k = 0),
+        with B learnt *without the user's own row*: the chain counts never count the user, and at training
+        time the user chose the target, so with the row in the user's own target would look stronger in
+        SFT prompts than any test target can. Exact leave-one-user-out by Sherman-Morrison on the cached
+        inverse P: P' = P + (P x)(P x)' / (1 - x'P x), x the user's binary row; B'[h, c] = -P'[h, c] / P'[c, c],
+        0 where h = c."""
+        inverse = self.regularised_inverse(penalty)
+        mine = self.items_of(user)
+        px = inverse[:, mine].sum(axis=1) if len(mine) else np.zeros(len(inverse))
+        scale = 1.0 / (1.0 - px[mine].sum()) if len(mine) else 0.0
+        block = inverse[np.ix_(hist, cands)] + scale * np.outer(px[hist], px[cands])
+        diagonal = inverse[cands, cands] + scale * px[cands] ** 2
+        weights = -block / diagonal
+        weights[hist[:, None] == cands[None, :]] = 0.0
+        return (recency ** np.arange(len(hist)))[::-1] @ weights
+
     def cochoosers(self, item: int, then: int, window: int = 0) -> np.ndarray:
         """Users who chose both `item` and `then` (with `window`: `then` within that many steps after)."""
         users = np.intersect1d(self.users_of(item), self.users_of(then))
@@ -187,7 +236,9 @@ class InteractionGraph:
 
     def chain_strength(self, user: int, history, candidates, signal: str = "max_cochoosers",
                        recency: float = 1.0, window: int = 0, unordered: float = 0.0,
-                       popularity: float = 0.0, neighbours: str = "none", decay: float = 1.0) -> np.ndarray:
+                       popularity: float = 0.0, neighbours: str = "none", decay: float = 1.0,
+                       regularised: float = 0.0, penalty: float = 500.0,
+                       regularised_recency: float = 0.7) -> np.ndarray:
         """Per candidate, how strongly chains through the history lead to it (what the evidence is
         ranked by; 0 = no chain): `max_cochoosers`, the co-choosers of its best chain (the count the
         evidence line shows); `sum_cochoosers`, summed over the history items; `sum_cosine`, the cosine of
@@ -197,13 +248,14 @@ class InteractionGraph:
         (1 = all alike), for datasets where the last items say most about the next one. window > 0: only
         ordered chains count (co-choosers who chose the candidate within `window` steps after i0); decay < 1:
         such a co-chooser counts decay**(d-1) when c came d steps after i0, so "right after" weighs most.
-        unordered / popularity > 0: a blend, see `evidence`. neighbours: see `neighbour_weights`."""
+        unordered / popularity / regularised > 0: a blend, see `evidence`. neighbours: see `neighbour_weights`."""
         return self.evidence(user, history, candidates, signal, recency, window, unordered, popularity,
-                             neighbours, decay)[1]
+                             neighbours, decay, regularised, penalty, regularised_recency)[1]
 
     def evidence(self, user: int, history, candidates, signal: str = "max_cochoosers", recency: float = 1.0,
                  window: int = 0, unordered: float = 0.0, popularity: float = 0.0,
-                 neighbours: str = "none", decay: float = 1.0) -> tuple:
+                 neighbours: str = "none", decay: float = 1.0, regularised: float = 0.0,
+                 penalty: float = 500.0, regularised_recency: float = 0.7) -> tuple:
         """(`candidate_support`, `chain_strength`) from one count of co-choosers, for prompts that show
         the one and rank by the other. `history` is oldest first; `window` as in `chain_strength`.
 
@@ -213,8 +265,12 @@ class InteractionGraph:
         log popularity (without the user), each standardised alike, so the weights compare like with like.
         `neighbours` (`evidence_neighbours`) weighs each co-chooser of the chains in any order; the
         support (the count an evidence line shows) stays the number of real co-choosers, also with `decay`
-        (`evidence_decay`, ordered chains weighed by their distance; see `chain_strength`)."""
-        check_evidence(recency, window, unordered, popularity, neighbours, decay)
+        (`evidence_decay`, ordered chains weighed by their distance; see `chain_strength`).
+        `regularised` (`evidence_regularised`) > 0: the strength so far, standardised over the candidates,
+        plus `regularised` x EASE's standardised score (`regularised_strength`): co-interaction counts with
+        what every item's popularity explains regressed away, a ranking signal only (no line shows it)."""
+        check_evidence(recency, window, unordered, popularity, neighbours, decay, regularised, penalty,
+                       regularised_recency)
         if signal not in EVIDENCE_SIGNALS:
             raise ValueError(f"unknown evidence signal {signal!r}; known: {list(EVIDENCE_SIGNALS)}")
         hist = np.array([i for i in history if i], dtype=np.int64)
@@ -232,14 +288,16 @@ class InteractionGraph:
         if decay < 1:
             co = self._cochooser_counts(user, hist, cands, mine, window, decay=decay)
         strength = self._signal(co, signal, recency, hist, cands, mine)
-        if not (unordered or popularity):
-            return support, strength
-        strength = standardised(strength)
+        if unordered or popularity:
+            strength = standardised(strength)
         if unordered:
             any_order = self._cochooser_counts(user, hist, cands, mine, 0, weight)
             strength = strength + unordered * standardised(self._signal(any_order, signal, recency, hist, cands, mine))
         if popularity:
             strength = strength + popularity * standardised(np.log1p(self.popularity[cands] - mine[cands]))
+        if regularised:
+            ease = self.regularised_strength(user, hist, cands, penalty, regularised_recency)
+            strength = standardised(strength) + regularised * standardised(ease)
         return support, strength
 
     def neighbour_weights(self, user: int) -> np.ndarray:

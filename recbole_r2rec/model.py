@@ -90,9 +90,11 @@ class R2Rec(SequentialRecommender):
         self.evidence_popularity = float(config["evidence_popularity"])
         self.evidence_neighbours = config["evidence_neighbours"]
         self.evidence_decay = float(config["evidence_decay"])
+        self.evidence_regularised = tuple(float(config[key]) for key in (
+            "evidence_regularised", "evidence_regularised_penalty", "evidence_regularised_recency"))
         try:  # the graph's own checks, raised at construction as config errors
             check_evidence(self.evidence_recency, window, self.evidence_unordered, self.evidence_popularity,
-                           self.evidence_neighbours, self.evidence_decay)
+                           self.evidence_neighbours, self.evidence_decay, *self.evidence_regularised)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         self.evidence_weight = float(config["evidence_weight"])
@@ -120,7 +122,7 @@ class R2Rec(SequentialRecommender):
             return None
         return self.graph.evidence(user, history, shown, self.evidence_signal, self.evidence_recency,
                                    self.evidence_window, self.evidence_unordered, self.evidence_popularity,
-                                   self.evidence_neighbours, self.evidence_decay)
+                                   self.evidence_neighbours, self.evidence_decay, *self.evidence_regularised)
 
     def grounding(self, user: int, history: list, shown: list, evidence: tuple | None = None) -> str:
         """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains

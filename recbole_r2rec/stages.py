@@ -132,13 +132,15 @@ def _common_args(model, config, out: Path, prefix: str) -> dict:
 
 _STAGE_KEYS = ("llm_path", "history_len", "candidate_attributes", "item_text_fields", "chain_evidence",
                "evidence_items", "evidence_signal", "evidence_recency", "evidence_window", "evidence_unordered",
-               "evidence_popularity", "evidence_neighbours", "evidence_decay", "chains_per_example",
+               "evidence_popularity", "evidence_neighbours", "evidence_decay", "evidence_regularised",
+               "evidence_regularised_penalty", "evidence_regularised_recency", "chains_per_example",
                "min_shared_items", "long_chains", "max_new_tokens")
 # Settings added after stages were first saved, with the behaviour those stages had: a saved stage
 # without the key matches a run that sets it to this value.
 _SETTINGS_BEFORE_THEY_EXISTED = {"evidence_signal": "max_cochoosers", "evidence_recency": 1.0, "evidence_window": 0,
                                  "evidence_unordered": 0.0, "evidence_popularity": 0.0, "evidence_neighbours": "none",
-                                 "evidence_decay": 1.0}
+                                 "evidence_decay": 1.0, "evidence_regularised": 0.0,
+                                 "evidence_regularised_penalty": 500.0, "evidence_regularised_recency": 0.7}
 
 
 def stage_settings(config, stage: str) -> dict:

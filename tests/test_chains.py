@@ -231,6 +231,54 @@ def test_decayed_ordered_chains_weigh_a_cochooser_by_how_soon_it_chose_the_candi
         g.chain_strength(1, hist, cands, "sum_cochoosers", decay=0.5)
 
 
+def test_regularised_chains_are_ease_learnt_without_the_users_own_row():
+    g = graph()
+    hist, cands, penalty = [1, 2, 3], [4, 7, 5], 2.0
+    # EASE from scratch on the other users' rows only (u1 chose the target 4 itself: with its row in, its
+    # own target would look stronger in its SFT prompt than any held-out target can)
+    others = np.zeros((6, 10))
+    for user, items in TRAIN.items():
+        if user != 1:
+            others[user, sorted(items)] = 1.0
+    inverse = np.linalg.inv(others.T @ others + penalty * np.eye(10))
+    weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    expected = np.array([0.25, 0.5, 1.0]) @ weights[np.ix_(hist, cands)]  # item 3, the latest, counts 1
+    np.testing.assert_allclose(g.regularised_strength(1, np.array(hist), np.array(cands), penalty, 0.5), expected)
+    # with u1's row in the Gram matrix the target 4 would score differently: the leave-one-out is real
+    mine = others.copy()
+    mine[1, sorted(TRAIN[1])] = 1.0
+    leaky = np.linalg.inv(mine.T @ mine + penalty * np.eye(10))
+    leaky_weights = -leaky / np.diag(leaky)
+    np.fill_diagonal(leaky_weights, 0.0)
+    assert not np.allclose(np.array([0.25, 0.5, 1.0]) @ leaky_weights[np.ix_(hist, cands)], expected)
+
+    def z(values):
+        return (values - values.mean()) / values.std()
+
+    # the blend: the chain strength so far, standardised, + weight x EASE's score, standardised
+    base = g.chain_strength(1, hist, cands, "sum_cochoosers")
+    blend = g.chain_strength(1, hist, cands, "sum_cochoosers", regularised=0.5, penalty=penalty,
+                             regularised_recency=0.5)
+    np.testing.assert_allclose(blend, z(base) + 0.5 * z(expected))
+    # the evidence lines (real co-chooser counts) do not depend on it
+    assert (g.evidence(1, hist, cands, "max_cochoosers", regularised=0.5, penalty=penalty)[0]
+            == g.evidence(1, hist, cands, "max_cochoosers")[0])
+    with pytest.raises(ValueError, match="evidence_regularised must be >= 0"):
+        g.chain_strength(1, hist, cands, regularised=-1.0)
+    with pytest.raises(ValueError, match="evidence_regularised_penalty must be > 0"):
+        g.chain_strength(1, hist, cands, regularised=1.0, penalty=0.0)
+    with pytest.raises(ValueError, match=r"evidence_regularised_recency must be in \(0, 1\]"):
+        g.chain_strength(1, hist, cands, regularised=1.0, regularised_recency=0.0)
+
+
+def test_regularised_chains_refuse_an_item_matrix_too_big_to_hold(monkeypatch):
+    monkeypatch.setattr(InteractionGraph, "MAX_REGULARISED_ITEMS", 5)
+    with pytest.raises(ValueError, match=r"evidence_regularised needs a dense 10 x 10 item matrix .*set "
+                                         "evidence_regularised to 0"):
+        graph().chain_strength(1, [1, 2, 3], [4, 7, 5], regularised=1.0)
+
+
 def test_ordered_chains_need_sequences():
     with pytest.raises(ValueError, match="need the training sequences in time order"):
         graph().chain_strength(1, [1, 2, 3], [4], "sum_cosine", window=5)

@@ -53,7 +53,9 @@ def test_every_r2rec_leaderboard_row_is_a_valid_evidence_setting_on_every_datase
         config = build_config("R2Rec", dataset, overrides=extra)
         check_evidence(float(config["evidence_recency"]), config["evidence_window"],
                        float(config["evidence_unordered"]), float(config["evidence_popularity"]),
-                       config["evidence_neighbours"], float(config["evidence_decay"]))
+                       config["evidence_neighbours"], float(config["evidence_decay"]),
+                       *(float(config[key]) for key in ("evidence_regularised", "evidence_regularised_penalty",
+                                                         "evidence_regularised_recency")))
 
 
 @pytest.mark.parametrize("dataset", ["ml-100k", "lastfm", "steam"])

@@ -197,40 +197,48 @@ def test_evidence_weight_ranks_by_llm_score_plus_chain_strength(tiny_r2rec):
         model.begin_evaluation()
 
 
-@pytest.mark.parametrize("window,unordered,popularity,neighbours,decay", [
-    (0, 0.0, 0.0, "none", 1.0), (3, 0.0, 0.0, "none", 1.0), (3, 1.0, 0.5, "none", 1.0), (0, 0.0, 0.0, "cosine", 1.0),
-    (3, 1.0, 0.0, "none", 0.5)])
+@pytest.mark.parametrize("window,unordered,popularity,neighbours,decay,regularised", [
+    (0, 0.0, 0.0, "none", 1.0, 0.0), (3, 0.0, 0.0, "none", 1.0, 0.0), (3, 1.0, 0.5, "none", 1.0, 0.0),
+    (0, 0.0, 0.0, "cosine", 1.0, 0.0), (3, 1.0, 0.0, "none", 0.5, 0.0), (3, 1.0, 0.0, "none", 0.5, 0.5)])
 def test_without_llm_candidates_are_ranked_by_chain_strength_alone(tiny_data_path, tiny_llm_path, window,
-                                                                   unordered, popularity, neighbours, decay):
+                                                                   unordered, popularity, neighbours, decay,
+                                                                   regularised):
     """llm_path: none (the ablation "chains without the LLM"): no backbone is loaded, and each row's
     score is its candidate's chain strength in the training graph (recent history items weighing more,
     evidence_recency; ordered chains only with evidence_window; blended with evidence_unordered and
     evidence_popularity; co-choosers weighted with evidence_neighbours; ordered chains decayed with
-    evidence_decay), recomputed here from the graph."""
+    evidence_decay; plus EASE's score with evidence_regularised), recomputed here from the graph."""
     config, (train, _, test) = _r2rec("tiny", tiny_data_path, "none", stages="none", evidence_recency=0.5,
                                       evidence_window=window, evidence_unordered=unordered,
                                       evidence_popularity=popularity, evidence_neighbours=neighbours,
-                                      evidence_decay=decay)
+                                      evidence_decay=decay, evidence_regularised=regularised,
+                                      evidence_regularised_penalty=5.0)
     model = R2Rec(config, train._dataset)
     assert model.llm is None and model.tokenizer is None
     interaction = test.collate_fn(np.arange(len(test.uid_list)))[0]
     scores = model.predict(interaction)
     assert len(model.answers) == len(test.uid_list)
-    differs = 0
+    differs = ease_moved = 0
     for answer in model.answers:
         _, strength = model.graph.evidence(answer["user"], answer["history"], answer["candidates"],
                                            model.evidence_signal, 0.5, window, unordered, popularity, neighbours,
-                                           decay)
+                                           decay, regularised, 5.0, 0.7)
         _, unweighted = model.graph.evidence(answer["user"], answer["history"], answer["candidates"],
                                              model.evidence_signal, 1.0, window, unordered, popularity,
-                                             neighbours, decay)
+                                             neighbours, decay, regularised, 5.0, 0.7)
         differs += not np.allclose(strength, unweighted)
+        if regularised:  # EASE's term reaches the scores (not a constant on this graph)
+            _, chains_only = model.graph.evidence(answer["user"], answer["history"], answer["candidates"],
+                                                  model.evidence_signal, 0.5, window, unordered, popularity,
+                                                  neighbours, decay)
+            ease_moved += not np.allclose(strength, chains_only)
         by_item = dict(zip(answer["candidates"], strength.tolist()))
         rows = [r for r in range(len(interaction)) if int(interaction["user_id"][r]) == answer["user"]]
         assert len(rows) == 20
         np.testing.assert_allclose([float(scores[r]) for r in rows],
                                    [by_item[int(interaction["item_id"][r])] for r in rows], atol=1e-6)
     assert differs > 0  # the recency weighting reached the scores
+    assert ease_moved > 0 or not regularised
     result = get_trainer(ModelType.SEQUENTIAL, "R2Rec")(config, model).evaluate(test)
     assert "valid_ratio" not in result  # no answers are generated without an LLM
 
@@ -571,6 +579,8 @@ def test_ordered_evidence_traces_quote_chains_whose_neighbour_chose_the_target_s
     ({"evidence_neighbours": "jaccard"}, "unknown evidence_neighbours 'jaccard'"),
     ({"evidence_decay": 0.5}, "evidence_decay weighs ordered chains by their distance"),
     ({"evidence_window": 3, "evidence_decay": 1.5}, r"evidence_decay must be in \(0, 1\]"),
+    ({"evidence_regularised": -0.5}, "evidence_regularised must be >= 0"),
+    ({"evidence_regularised": 0.5, "evidence_regularised_penalty": -1}, "evidence_regularised_penalty must be > 0"),
 ])
 def test_evidence_blend_needs_ordered_chains_and_non_negative_weights(tiny_data_path, settings, message):
     config, (train, _, _) = _r2rec("tiny", tiny_data_path, "none", stages="none", **settings)
