@@ -13,17 +13,14 @@ any order); the target's training popularity. No LLM, no training: a few seconds
 """
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
-from recbole.data import create_dataset
 
 from recbole_r2rec import prompts
 from recbole_r2rec.chains import InteractionGraph
-from recbole_r2rec.config import build_config
-from recbole_r2rec.protocol import prepare_data
+
+from evidence_setup import evidence_parser, evidence_setup, write_result
 
 
 def split_evidence(graph: InteractionGraph, split, ordered, any_order, history_len: int) -> dict:
@@ -60,16 +57,9 @@ def split_evidence(graph: InteractionGraph, split, ordered, any_order, history_l
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--seed", type=int, default=2020)
-    parser.add_argument("--history_len", type=int, default=10)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = evidence_parser(__doc__)
     args = parser.parse_args()
-    own = build_config("R2Rec", args.dataset, overrides={"show_progress": False})
-    config = build_config("SASRec", args.dataset, overrides={"seed": args.seed, "show_progress": False})
-    train, valid, test = prepare_data(config, create_dataset(config))
-    graph = InteractionGraph.from_training(train._dataset)
+    own, (train, valid, test), graph = evidence_setup(args.dataset, args.seed)
     window = own["evidence_window"] or 20
     ordered = graph.followers(window, 1.0).tocsr()
     any_order = (graph.by_item @ graph.by_item.T).tocsr()
@@ -77,8 +67,7 @@ def main():
               "history_len": args.history_len,
               **{name: split_evidence(graph, split, ordered, any_order, args.history_len)
                  for name, split in (("valid", valid), ("test", test))}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(json.dumps(result, indent=2))
 
 

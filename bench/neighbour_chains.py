@@ -14,17 +14,14 @@ shared items^a, a = 0.5 / 1 / 2); `cosine`, `cosine^2` (shared items / sqrt(|u0|
 """
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
-from recbole.data import create_dataset
 
 from recbole_r2rec import prompts
 from recbole_r2rec.chains import InteractionGraph, standardised
-from recbole_r2rec.config import build_config
-from recbole_r2rec.protocol import prepare_data
+
+from evidence_setup import evidence_parser, evidence_setup
 
 
 def weighted_chains(graph: InteractionGraph, user: int, hist: np.ndarray, cands: np.ndarray, weight: np.ndarray,
@@ -36,16 +33,9 @@ def weighted_chains(graph: InteractionGraph, user: int, hist: np.ndarray, cands:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--seed", type=int, default=2020)
-    parser.add_argument("--history_len", type=int, default=10)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = evidence_parser(__doc__)
     args = parser.parse_args()
-    own = build_config("R2Rec", args.dataset, overrides={"show_progress": False})
-    config = build_config("SASRec", args.dataset, overrides={"seed": args.seed, "show_progress": False})
-    train, valid, _ = prepare_data(config, create_dataset(config))
-    graph = InteractionGraph.from_training(train._dataset)
+    own, (train, valid, _), graph = evidence_setup(args.dataset, args.seed)
     inter = valid._dataset.inter_feat
     rng = np.random.default_rng([args.seed, 5])
     hits: dict = {}

@@ -16,18 +16,13 @@ this is for datasets of a few thousand items (ml-100k, lastfm). The EASE rows ar
 """
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 import scipy.sparse as sp
-from recbole.data import create_dataset
 
 from recbole_r2rec import prompts
 from recbole_r2rec.chains import InteractionGraph, standardised
-from recbole_r2rec.config import build_config
-from recbole_r2rec.protocol import prepare_data
+
+from evidence_setup import evidence_parser, evidence_setup, write_result
 
 
 def past_to_future(graph: InteractionGraph, n_items: int, penalty: float, past: int, future: int,
@@ -52,19 +47,13 @@ def past_to_future(graph: InteractionGraph, n_items: int, penalty: float, past: 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--seed", type=int, default=2020)
+    parser = evidence_parser(__doc__)
     parser.add_argument("--ease", default="100,500,2000,10000", help="EASE penalties, comma-separated")
     parser.add_argument("--ridge", default="10,300,3000", help="past -> future penalties, comma-separated ('' for none)")
     parser.add_argument("--past", type=int, default=10)
     parser.add_argument("--future", type=int, default=10)
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    own = build_config("R2Rec", args.dataset, overrides={"show_progress": False})
-    config = build_config("SASRec", args.dataset, overrides={"seed": args.seed, "show_progress": False})
-    train, valid, _ = prepare_data(config, create_dataset(config))
-    graph = InteractionGraph.from_training(train._dataset)
+    own, (train, valid, _), graph = evidence_setup(args.dataset, args.seed)
     n_items = graph.matrix.shape[1]
     penalties = [float(p) for p in args.ease.split(",")] if args.ease else []
     ridges = {f"ridge{p:g},dp{decay}": past_to_future(graph, n_items, p, args.past, args.future, decay)
@@ -76,7 +65,8 @@ def main():
     hits: dict = {}
     for k in range(len(inter)):
         user, target = int(inter["user_id"][k]), int(inter["item_id"][k])
-        history = prompts.history_ids(inter["item_id_list"][k].numpy(), int(inter["item_length"][k]), 10)
+        history = prompts.history_ids(inter["item_id_list"][k].numpy(), int(inter["item_length"][k]),
+                                       args.history_len)
         shown = np.asarray(valid.candidates[user], dtype=np.int64)
         base = np.asarray(graph.chain_strength(user, history, list(shown), *(own[key] for key in keys)), float)
         hist = np.asarray(history, dtype=np.int64)  # oldest first
@@ -100,8 +90,7 @@ def main():
     hit1 = {name: round(float(np.mean(h)), 4) for name, h in hits.items()}
     result = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": len(inter),
               "hit@1": dict(sorted(hit1.items(), key=lambda item: -item[1]))}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print("default", hit1["default"], "| best:", list(result["hit@1"].items())[:5])
 
 

@@ -1,0 +1,36 @@
+"""What the evidence benchmarks (no LLM) share: a parser for --dataset/--seed/--history_len/--out, the
+dataset's R2Rec config (its evidence keys), the shared protocol's splits for a seed (the candidates every
+leaderboard model sees) and the training graph R2Rec builds its evidence from."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from recbole.data import create_dataset
+
+from recbole_r2rec.chains import InteractionGraph
+from recbole_r2rec.config import build_config
+from recbole_r2rec.protocol import prepare_data
+
+
+def evidence_parser(doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--history_len", type=int, default=10)
+    parser.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def evidence_setup(dataset: str, seed: int) -> tuple:
+    """(R2Rec's config for `dataset`, (train, valid, test) for `seed`, the training graph)."""
+    own = build_config("R2Rec", dataset, overrides={"show_progress": False})
+    config = build_config("SASRec", dataset, overrides={"seed": seed, "show_progress": False})
+    splits = prepare_data(config, create_dataset(config))
+    return own, splits, InteractionGraph.from_training(splits[0]._dataset)
+
+
+def write_result(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
