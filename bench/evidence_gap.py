@@ -17,21 +17,17 @@ import json
 
 import numpy as np
 
-from recbole_r2rec import prompts
 from recbole_r2rec.chains import InteractionGraph
 
-from evidence_setup import evidence_parser, evidence_setup, write_result
+from evidence_setup import evidence_parser, evidence_setup, split_users, write_result
 
 
 def split_evidence(graph: InteractionGraph, split, ordered, any_order, history_len: int) -> dict:
     """Chain counts of each user's target against its negatives, summarised over the split's users."""
-    inter = split._dataset.inter_feat
     target_ordered, neg_max, neg_median, beats_ordered, beats_any, target_any, popularity = ([] for _ in range(7))
-    for k in range(len(inter)):
-        user, target = int(inter["user_id"][k]), int(inter["item_id"][k])
-        history = prompts.history_ids(inter["item_id_list"][k].numpy(), int(inter["item_length"][k]), history_len)
-        hist = np.array([i for i in history if i], dtype=np.int64)
-        shown = np.asarray(split.candidates[user], dtype=np.int64)
+    for user, target, history, shown in split_users(split, history_len):
+        hist = np.array(history, dtype=np.int64)
+        shown = np.asarray(shown, dtype=np.int64)
         negatives = shown[shown != target]
         o_t = ordered[hist][:, [target]].sum()
         o_n = np.asarray(ordered[hist][:, negatives].sum(axis=0)).ravel()
@@ -45,7 +41,7 @@ def split_evidence(graph: InteractionGraph, split, ordered, any_order, history_l
         target_any.append(a_t)
         popularity.append(graph.popularity[target])
     return {
-        "users": len(inter),
+        "users": len(target_ordered),
         "target_ordered_chains_median": float(np.median(target_ordered)),
         "strongest_negative_ordered_chains_median": float(np.median(neg_max)),
         "median_negative_ordered_chains_median": float(np.median(neg_median)),

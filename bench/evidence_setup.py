@@ -9,6 +9,7 @@ from pathlib import Path
 
 from recbole.data import create_dataset
 
+from recbole_r2rec import prompts
 from recbole_r2rec.chains import InteractionGraph
 from recbole_r2rec.config import build_config
 from recbole_r2rec.protocol import prepare_data
@@ -34,3 +35,13 @@ def evidence_setup(dataset: str, seed: int) -> tuple:
 def write_result(out: Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def split_users(split, history_len: int):
+    """Per user of a valid/test split: (user, target, last `history_len` history items oldest first, the
+    20 candidates shown, in the protocol's order)."""
+    inter = split._dataset.inter_feat
+    for k in range(len(inter)):
+        user, target = int(inter["user_id"][k]), int(inter["item_id"][k])
+        history = prompts.history_ids(inter["item_id_list"][k].numpy(), int(inter["item_length"][k]), history_len)
+        yield user, target, history, list(split.candidates[user])

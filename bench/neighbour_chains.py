@@ -18,10 +18,9 @@ import json
 
 import numpy as np
 
-from recbole_r2rec import prompts
 from recbole_r2rec.chains import InteractionGraph, standardised
 
-from evidence_setup import evidence_parser, evidence_setup
+from evidence_setup import evidence_parser, evidence_setup, split_users
 
 
 def weighted_chains(graph: InteractionGraph, user: int, hist: np.ndarray, cands: np.ndarray, weight: np.ndarray,
@@ -36,14 +35,9 @@ def main():
     parser = evidence_parser(__doc__)
     args = parser.parse_args()
     own, (train, valid, _), graph = evidence_setup(args.dataset, args.seed)
-    inter = valid._dataset.inter_feat
     rng = np.random.default_rng([args.seed, 5])
     hits: dict = {}
-    for k in range(len(inter)):
-        user, target = int(inter["user_id"][k]), int(inter["item_id"][k])
-        history = prompts.history_ids(inter["item_id_list"][k].numpy(), int(inter["item_length"][k]),
-                                      args.history_len)
-        shown = list(valid.candidates[user])
+    for user, target, history, shown in split_users(valid, args.history_len):
         cands = np.asarray(shown, dtype=np.int64)
         hist = np.array([i for i in history if i], dtype=np.int64)
         base = graph.chain_strength(user, history, shown, own["evidence_signal"], own["evidence_recency"],
@@ -63,7 +57,7 @@ def main():
         ties = rng.random(len(shown))
         for name, score in scores.items():
             hits.setdefault(name, []).append(float(shown[np.lexsort((ties, -score))[0]] == target))
-    n = len(inter)
+    n = len(hits["own"])
     out = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": n,
            "hit@1": {name: float(np.sum(h)) / n for name, h in hits.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)

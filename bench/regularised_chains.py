@@ -19,10 +19,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recbole_r2rec import prompts
 from recbole_r2rec.chains import InteractionGraph, standardised
 
-from evidence_setup import evidence_parser, evidence_setup, write_result
+from evidence_setup import evidence_parser, evidence_setup, split_users, write_result
 
 
 def past_to_future(graph: InteractionGraph, n_items: int, penalty: float, past: int, future: int,
@@ -60,14 +59,10 @@ def main():
               for p in (float(p) for p in args.ridge.split(",") if p) for decay in (0.8, 0.95)}
     keys = ("evidence_signal", "evidence_recency", "evidence_window", "evidence_unordered", "evidence_popularity",
             "evidence_neighbours", "evidence_decay")
-    inter = valid._dataset.inter_feat
     rng = np.random.default_rng([args.seed, 5])
     hits: dict = {}
-    for k in range(len(inter)):
-        user, target = int(inter["user_id"][k]), int(inter["item_id"][k])
-        history = prompts.history_ids(inter["item_id_list"][k].numpy(), int(inter["item_length"][k]),
-                                       args.history_len)
-        shown = np.asarray(valid.candidates[user], dtype=np.int64)
+    for user, target, history, shown in split_users(valid, args.history_len):
+        shown = np.asarray(shown, dtype=np.int64)
         base = np.asarray(graph.chain_strength(user, history, list(shown), *(own[key] for key in keys)), float)
         hist = np.asarray(history, dtype=np.int64)  # oldest first
         everything = np.asarray(sorted(set(graph.items_of(user).tolist()) | set(history)), dtype=np.int64)
@@ -88,7 +83,7 @@ def main():
         for name, score in scores.items():
             hits.setdefault(name, []).append(float(shown[np.lexsort((tie_break, -score))[0]] == target))
     hit1 = {name: round(float(np.mean(h)), 4) for name, h in hits.items()}
-    result = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": len(inter),
+    result = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": len(hits["default"]),
               "hit@1": dict(sorted(hit1.items(), key=lambda item: -item[1]))}
     write_result(args.out, result)
     print("default", hit1["default"], "| best:", list(result["hit@1"].items())[:5])
