@@ -37,11 +37,13 @@ def write_result(out: Path, result: dict) -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def split_users(split, history_len: int):
+def split_users(split, history_len: int, with_sequence: bool = False):
     """Per user of a valid/test split: (user, target, last `history_len` history items oldest first, the
-    20 candidates shown, in the protocol's order)."""
+    20 candidates shown, in the protocol's order), and with `with_sequence` the padded history and its
+    length as sequential models read them."""
     inter = split._dataset.inter_feat
     for k in range(len(inter)):
         user, target = int(inter["user_id"][k]), int(inter["item_id"][k])
-        history = prompts.history_ids(inter["item_id_list"][k].numpy(), int(inter["item_length"][k]), history_len)
-        yield user, target, history, list(split.candidates[user])
+        seq, length = inter["item_id_list"][k].numpy(), int(inter["item_length"][k])
+        row = (user, target, prompts.history_ids(seq, length, history_len), list(split.candidates[user]))
+        yield row + (seq, length) if with_sequence else row

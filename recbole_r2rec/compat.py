@@ -55,6 +55,14 @@ def trust_recbole_checkpoints() -> None:
         recbole_trainer.torch = _TrustedCheckpointTorch(torch)
 
 
+def load_recbole_checkpoint(path) -> dict:
+    """A checkpoint RecBole wrote (it pickles its `Config`), on the CPU: torch >= 2.6 would refuse it
+    weights-only, as in `trust_recbole_checkpoints`."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 @contextlib.contextmanager
 def isolated_config_construction():
     """RecBole's `Config` reads every `--key=value` of `sys.argv` (so a wrapper's or pytest's flags leak

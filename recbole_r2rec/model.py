@@ -17,6 +17,7 @@ from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
 from recbole_r2rec.scoring import (constrained_choice, continue_generation, evidence_fused, generate,
                                    score_candidates)
+from recbole_r2rec.sequential import SequentialEncoder, check_sequential, encoder_path, fused_strength
 from recbole_r2rec.trainer import parse_stages
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,15 @@ class R2Rec(SequentialRecommender):
             raise ConfigError(f"evidence_weight must be >= 0 (0: the LLM alone), not {self.evidence_weight}")
         needs_graph = self.chain_evidence or self.evidence_weight > 0 or self.llm is None
         self.graph = InteractionGraph.from_training(dataset) if needs_graph else None
+        # LLaRA-style collaborative evidence: a trained sequential model's scores blended into the chain
+        # strength the candidates are ranked by (recbole_r2rec/sequential.py); None when off
+        self.sequential_weight = float(config["sequential_weight"])
+        check_sequential(self.sequential_weight, config["sequential_encoder"])
+        self.sequential = (SequentialEncoder(encoder_path(config["sequential_encoder"], config["dataset"], self.seed),
+                                             config, dataset) if self.sequential_weight > 0 else None)
+        if self.sequential is not None and self.graph is None:
+            raise ConfigError("sequential_weight blends into the chain evidence: it needs chain_evidence or "
+                              "evidence_weight > 0")
         self.answers = []  # per evaluated user: what the model answered (for ValidRatio, --explain)
 
     # -- text ---------------------------------------------------------------------------------------
@@ -172,8 +182,13 @@ class R2Rec(SequentialRecommender):
             shown = [int(i) for i in candidate_order(self.seed, uid, [items[r] for r in rows])]
             history = prompts.history_ids(seqs[rows[0]], lens[rows[0]], self.history_len)
             queries.append((uid, rows, history, shown))
+        sequential = None
+        if self.sequential is not None:  # the encoder scores RecBole's rows as they come (full histories)
+            by_row = self.sequential.predict(interaction)
+            per_user = [{items[r]: by_row[r] for r in rows} for _, rows, _, _ in queries]
+            sequential = [[mine[i] for i in shown] for mine, (*_, shown) in zip(per_user, queries)]
         scores = torch.empty(len(users))
-        for (uid, rows, history, shown), item_scores in self.score_users(queries):
+        for (uid, rows, history, shown), item_scores in self.score_users(queries, sequential):
             for r in rows:
                 scores[r] = item_scores[items[r]]
         return scores.to(self.device)
@@ -230,14 +245,19 @@ class R2Rec(SequentialRecommender):
         self.llm.train(training)
         return scores
 
-    def score_users(self, queries):
+    def score_users(self, queries, sequential=None):
         """For (uid, rows, history, shown) queries: generate thoughts/answers (optionally), score every
         shown candidate given prompt + thoughts, record the answers. Users go to the LLM in batches of
         `score_batch_users` of similar prompt length (padding is computed like real tokens); answers are
-        recorded and yielded in the queries' order. Yields (query, {item: score})."""
+        recorded and yielded in the queries' order. `sequential`: per query, the sequential encoder's
+        scores of `shown`, blended into the chain strength (the prompts keep the chains alone). Yields
+        (query, {item: score})."""
         chains = [self.candidate_evidence(uid, h, shown) for uid, _, h, shown in queries]
+        ranking = [None if ch is None else fused_strength(ch[1], sequential[k] if sequential else None,
+                                                          self.sequential_weight)
+                   for k, ch in enumerate(chains)]
         if self.llm is None:  # llm_path: none
-            for query, (_, strength) in zip(queries, chains):
+            for query, strength in zip(queries, ranking):
                 uid, _, history, shown = query
                 scores = [float(x) for x in strength]
                 self.answers.append({"user": uid, "history": history, "candidates": shown, "scores": scores,
@@ -258,7 +278,7 @@ class R2Rec(SequentialRecommender):
             uid, _, history, shown = query
             completion, res = llm_out[k]
             llm_scores = self.calibrated(shown, res.mean)
-            strength = [float(x) for x in chains[k][1]] if chains[k] is not None else None
+            strength = [float(x) for x in ranking[k]] if ranking[k] is not None else None
             scores = evidence_fused(llm_scores, strength, self.evidence_weight)
             if self.constrained_answer:
                 choice = constrained_choice(cand_ids[k], res.token_logprobs)

@@ -33,6 +33,8 @@ def test_recbole_checkpoints_load_despite_weights_only_default(tmp_path):
     loaded = recbole_trainer.torch.load(path, map_location="cpu")  # ...RecBole's trainer can read it
     assert loaded["config"].value == 3 and loaded["state_dict"]["w"].sum() == 2
     assert recbole_trainer.torch.no_grad is torch.no_grad  # everything else is plain torch
+    ours = compat.load_recbole_checkpoint(path)  # what R2Rec's sequential encoder reads them with
+    assert ours["config"].value == 3 and ours["state_dict"]["w"].device.type == "cpu"
 
 
 def test_config_ignores_foreign_argv_and_keeps_cuda_visible_devices(monkeypatch):

@@ -1,0 +1,55 @@
+"""Would a sequential model's scores (LLaRA's collaborative knowledge) add to R2Rec's chains? Hit@1 of the
+20 candidates of every *validation* user, no LLM, ties broken at random.
+
+Rows: `default` (R2Rec's evidence for the dataset, its layered config), `regularised` (the same + 0.25 x
+EASE(500), recency 0.7: the row R2Rec-*-regularised), `<encoder>` (the sequential model alone, as RecBole's
+checkpoint scores them) and `<base>+<a>*<encoder>`: both standardised over the candidates, summed, as the
+config key `sequential_weight` a does (recbole_r2rec/sequential.py). The encoder is the checkpoint that
+`run_recbole_r2rec.py --model=SASRec --dataset=D --seed=S --checkpoint_dir=saved/sequential` writes.
+
+    .venv/bin/python bench/sequential_blend.py --dataset ml-100k --seed 2020 \
+        --out results/analysis/sequential_blend-ml-100k-seed2020.json
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from recbole_r2rec.chains import standardised
+from recbole_r2rec.sequential import SequentialEncoder, encoder_path, fused_strength
+
+from evidence_setup import evidence_parser, evidence_setup, split_users, write_result
+
+WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def main():
+    parser = evidence_parser(__doc__)
+    parser.add_argument("--encoder", default="saved/sequential/SASRec-{dataset}-seed{seed}.pth")
+    args = parser.parse_args()
+    own, (train, valid, _), graph = evidence_setup(args.dataset, args.seed)
+    path = encoder_path(args.encoder, args.dataset, args.seed)
+    encoder = SequentialEncoder(path, {"dataset": args.dataset, "seed": args.seed}, train._dataset)
+    keys = ("evidence_signal", "evidence_recency", "evidence_window", "evidence_unordered", "evidence_popularity",
+            "evidence_neighbours", "evidence_decay")
+    rng = np.random.default_rng([args.seed, 7])
+    hits: dict = {}
+    for user, target, history, shown, seq, length in split_users(valid, args.history_len, with_sequence=True):
+        base = np.asarray(graph.chain_strength(user, history, shown, *(own[key] for key in keys)), float)
+        ease = graph.regularised_strength(user, np.asarray(history, dtype=np.int64), np.asarray(shown), 500.0, 0.7)
+        sequential = encoder.candidate_scores(seq, length, shown)
+        scores = {"default": base, "regularised": standardised(base) + 0.25 * standardised(ease),
+                  encoder.name: sequential}
+        for name in ("default", "regularised"):
+            scores.update({f"{name}+{a}*{encoder.name}": fused_strength(scores[name], sequential, a) for a in WEIGHTS})
+        tie_break = rng.random(len(shown))
+        for name, score in scores.items():
+            hits.setdefault(name, []).append(float(shown[np.lexsort((tie_break, -np.asarray(score)))[0]] == target))
+    hit1 = {name: round(float(np.mean(h)), 4) for name, h in hits.items()}
+    result = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": len(hits["default"]),
+              "encoder": str(path), "hit@1": dict(sorted(hit1.items(), key=lambda item: -item[1]))}
+    write_result(args.out, result)
+    print("default", hit1["default"], encoder.name, hit1[encoder.name], "| best:", list(result["hit@1"].items())[:5])
+
+
+if __name__ == "__main__":
+    main()
