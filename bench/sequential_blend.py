@@ -19,7 +19,7 @@ from recbole_r2rec.sequential import SequentialEncoder, encoder_path, fused_stre
 
 from evidence_setup import evidence_parser, evidence_setup, split_users, write_result
 
-WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 def main():

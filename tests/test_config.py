@@ -74,7 +74,9 @@ def test_every_stored_r2rec_cell_ran_what_its_row_means_today(dataset):
         if row not in configs:
             configs[row] = build_config("R2Rec", dataset, overrides=rows.get(row, {}))
         ran = json.loads(path.read_text())["config"]
-        for key, unset in _SETTINGS_BEFORE_THEY_EXISTED.items():
+        # + the inference-only weights (not stage settings): before evidence_weight existed the LLM ranked
+        # alone, and sequential_weight 0 is no sequential encoder
+        for key, unset in {**_SETTINGS_BEFORE_THEY_EXISTED, "evidence_weight": 0.0, "sequential_weight": 0.0}.items():
             before, after = ran.get(key, unset), configs[row][key]
             if not isinstance(before, str):
                 before, after = float(before), float(after)
