@@ -294,7 +294,7 @@ def test_prompt_order_does_not_depend_on_which_row_is_positive(tiny_r2rec):
 class FirstListedR2Rec(R2Rec):
     """Always prefers the first candidate of its prompt."""
 
-    def score_users(self, queries):
+    def score_users(self, queries, sequential=None):
         for query in queries:
             shown = query[3]
             yield query, {item: float(k == 0) for k, item in enumerate(shown)}
