@@ -15,6 +15,11 @@ from recbole_r2rec.config import build_config
 from recbole_r2rec.protocol import prepare_data
 
 
+# R2Rec's config keys that `InteractionGraph.chain_strength` takes after (user, history, candidates), in order
+CHAIN_KEYS = ("evidence_signal", "evidence_recency", "evidence_window", "evidence_unordered", "evidence_popularity",
+              "evidence_neighbours", "evidence_decay")
+
+
 def evidence_parser(doc: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")

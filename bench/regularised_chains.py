@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from recbole_r2rec.chains import InteractionGraph, standardised
 
-from evidence_setup import evidence_parser, evidence_setup, split_users, write_result
+from evidence_setup import CHAIN_KEYS, evidence_parser, evidence_setup, split_users, write_result
 
 
 def past_to_future(graph: InteractionGraph, n_items: int, penalty: float, past: int, future: int,
@@ -57,13 +57,11 @@ def main():
     penalties = [float(p) for p in args.ease.split(",")] if args.ease else []
     ridges = {f"ridge{p:g},dp{decay}": past_to_future(graph, n_items, p, args.past, args.future, decay)
               for p in (float(p) for p in args.ridge.split(",") if p) for decay in (0.8, 0.95)}
-    keys = ("evidence_signal", "evidence_recency", "evidence_window", "evidence_unordered", "evidence_popularity",
-            "evidence_neighbours", "evidence_decay")
     rng = np.random.default_rng([args.seed, 5])
     hits: dict = {}
     for user, target, history, shown in split_users(valid, args.history_len):
         shown = np.asarray(shown, dtype=np.int64)
-        base = np.asarray(graph.chain_strength(user, history, list(shown), *(own[key] for key in keys)), float)
+        base = np.asarray(graph.chain_strength(user, history, list(shown), *(own[key] for key in CHAIN_KEYS)), float)
         hist = np.asarray(history, dtype=np.int64)  # oldest first
         everything = np.asarray(sorted(set(graph.items_of(user).tolist()) | set(history)), dtype=np.int64)
         variants = {}

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from recbole_r2rec.chains import standardised
 from recbole_r2rec.sequential import SequentialEncoder, encoder_path, fused_strength
 
-from evidence_setup import evidence_parser, evidence_setup, split_users, write_result
+from evidence_setup import CHAIN_KEYS, evidence_parser, evidence_setup, split_users, write_result
 
 WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
@@ -29,15 +28,15 @@ def main():
     own, (train, valid, _), graph = evidence_setup(args.dataset, args.seed)
     path = encoder_path(args.encoder, args.dataset, args.seed)
     encoder = SequentialEncoder(path, {"dataset": args.dataset, "seed": args.seed}, train._dataset)
-    keys = ("evidence_signal", "evidence_recency", "evidence_window", "evidence_unordered", "evidence_popularity",
-            "evidence_neighbours", "evidence_decay")
     rng = np.random.default_rng([args.seed, 7])
     hits: dict = {}
     for user, target, history, shown, seq, length in split_users(valid, args.history_len, with_sequence=True):
-        base = np.asarray(graph.chain_strength(user, history, shown, *(own[key] for key in keys)), float)
-        ease = graph.regularised_strength(user, np.asarray(history, dtype=np.int64), np.asarray(shown), 500.0, 0.7)
+        chains = [own[key] for key in CHAIN_KEYS]
         sequential = encoder.candidate_scores(seq, length, shown)
-        scores = {"default": base, "regularised": standardised(base) + 0.25 * standardised(ease),
+        scores = {"default": np.asarray(graph.chain_strength(user, history, shown, *chains), float),
+                  "regularised": graph.chain_strength(user, history, shown, *chains, regularised=0.25,
+                                                      penalty=own["evidence_regularised_penalty"],
+                                                      regularised_recency=own["evidence_regularised_recency"]),
                   encoder.name: sequential}
         for name in ("default", "regularised"):
             scores.update({f"{name}+{a}*{encoder.name}": fused_strength(scores[name], sequential, a) for a in WEIGHTS})

@@ -107,11 +107,11 @@ class R2Rec(SequentialRecommender):
         # strength the candidates are ranked by (recbole_r2rec/sequential.py); None when off
         self.sequential_weight = float(config["sequential_weight"])
         check_sequential(self.sequential_weight, config["sequential_encoder"])
-        self.sequential = (SequentialEncoder(encoder_path(config["sequential_encoder"], config["dataset"], self.seed),
-                                             config, dataset) if self.sequential_weight > 0 else None)
-        if self.sequential is not None and self.graph is None:
+        if self.sequential_weight > 0 and self.graph is None:  # refused before the checkpoint is read
             raise ConfigError("sequential_weight blends into the chain evidence: it needs chain_evidence or "
                               "evidence_weight > 0")
+        self.sequential = (SequentialEncoder(encoder_path(config["sequential_encoder"], config["dataset"], self.seed),
+                                             config, dataset) if self.sequential_weight > 0 else None)
         self.answers = []  # per evaluated user: what the model answered (for ValidRatio, --explain)
 
     # -- text ---------------------------------------------------------------------------------------
