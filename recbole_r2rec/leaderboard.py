@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ def variants() -> dict:
     path = PROJECT_ROOT / "properties" / "leaderboard.yaml"
     data = yaml.safe_load(path.read_text()) or {}
     return {name: (spec.pop("model"), spec) for name, spec in (data.get("variants") or {}).items()}
+
+
+class NoFinishedCellError(FileNotFoundError):
+    """Nothing to report for the asked models x datasets x seeds (none ran yet, or every one failed)."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,25 @@ def run_cell(cell: Cell, folder: Path, overrides: list) -> None:
     error = result.with_suffix(".error.txt")
     proc = subprocess.run(cell_command(cell, result, overrides), capture_output=True, text=True)
     if proc.returncode != 0 or not result.is_file():
-        error.write_text(proc.stderr[-20000:] or proc.stdout[-20000:] or f"exit code {proc.returncode}")
-        raise RuntimeError(f"exit code {proc.returncode}")
+        reason = exit_reason(proc.returncode)
+        error.write_text(f"{reason}\n\n" + (proc.stderr[-20000:] or proc.stdout[-20000:]))
+        raise RuntimeError(reason)
     error.unlink(missing_ok=True)
+
+
+def exit_reason(returncode: int) -> str:
+    """Why a cell's process ended, in words: a process killed by a signal has no traceback of its own
+    (SIGKILL is what the kernel's out-of-memory killer sends, e.g. two LLM trainings side by side)."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    hint = (": the process was killed from outside, most often by the out-of-memory killer; compare the "
+            "free memory with the peak_memory_mb of finished cells and run fewer cells at once"
+            if -returncode == signal.SIGKILL else "")
+    return f"killed by {name}{hint}"
 
 
 def run_grid(rows: list, datasets: list, seeds: list, folder: Path, overrides: list = (), runner=run_cell) -> dict:
@@ -285,7 +306,13 @@ def report(folder: Path, rows=None, datasets=None, seeds=None) -> dict:
     """Aggregate the cells in `folder` into leaderboard.md/.csv/.json and hit1.png."""
     results, failures = load_cells(folder, rows, datasets, seeds)
     if not results:
-        raise FileNotFoundError(f"no finished cell under {folder / 'cells'}")
+        wanted = ", ".join(f"{name} {values}" for name, values in
+                           (("models", rows), ("datasets", datasets), ("seeds", seeds)) if values is not None)
+        asked = {Cell(r, d, int(s)).name for r in rows or [] for d in datasets or [] for s in seeds or []}
+        failed = "".join(f"\n  failed: {name} (see {folder / 'cells' / name}.error.txt)" for name in failures
+                         if not asked or name in asked)
+        raise NoFinishedCellError(f"no finished cell under {folder / 'cells'}"
+                                + (f" for {wanted}" if wanted else "") + failed)
     long = long_table(results)
     summ = summary(long)
     trained = [m for m in sorted(summ.model.unique()) if m.split("-")[0] in LLM_MODELS and m != "R2Rec-zs"]

@@ -205,7 +205,10 @@ def run_leaderboard(args, rest) -> dict:
     if not args.report_only:
         status = leaderboard.run_grid(rows, datasets, seeds, folder, rest)
         logging.getLogger().info(json.dumps(status, indent=1))
-    out = leaderboard.report(folder, rows, datasets, seeds)
+    try:
+        out = leaderboard.report(folder, rows, datasets, seeds)
+    except leaderboard.NoFinishedCellError as err:  # e.g. every asked cell failed: say which, no traceback
+        raise SystemExit(f"error: {err}") from None
     print((folder / "leaderboard.md").read_text())
     return out
 

@@ -1,5 +1,6 @@
 """Leaderboard: aggregation against hand-computed values, paired test, resume, failing cells, outputs."""
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -156,3 +157,19 @@ def test_leaderboard_command_runs_real_cells_in_their_own_processes(tiny_data_pa
     assert "NoSuchModel" in (folder / "cells" / "NoSuchModel-tiny-seed2020.error.txt").read_text()
     text = (folder / "leaderboard.md").read_text()
     assert "| Pop" in text and "NoSuchModel-tiny-seed2020" in text.split("## Failed cells")[1]
+
+
+def test_a_killed_cell_says_it_was_killed_and_a_grid_of_failures_names_them(tmp_path, monkeypatch):
+    # A cell process killed by the out-of-memory killer leaves no traceback: the error must say what
+    # happened, and a report with nothing finished must name the failed cells, not claim an empty folder.
+    _cell(tmp_path, "SASRec", "d1", 1, 0.5, [1, 2])  # another row's cell: must not hide the failure
+    monkeypatch.setattr(lb, "cell_command", lambda cell, result, overrides: [
+        sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    status = lb.run_grid(["R2Rec-sft"], ["d1"], [1], tmp_path)
+    assert status["R2Rec-sft-d1-seed1"].startswith("failed: killed by SIGKILL")
+    error = (tmp_path / "cells" / "R2Rec-sft-d1-seed1.error.txt").read_text()
+    assert "out-of-memory" in error
+    with pytest.raises(lb.NoFinishedCellError) as err:
+        lb.report(tmp_path, ["R2Rec-sft"], ["d1"], [1])
+    assert "R2Rec-sft-d1-seed1" in str(err.value) and "models ['R2Rec-sft']" in str(err.value)
+    assert lb.exit_reason(3) == "exit code 3"
