@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_training.py --stage sft [--steps 4] [--out results/bench_sft.json]
     .venv/bin/python bench/bench_training.py --stage rl  [--steps 3] [--out results/bench_rl.json]
+    .venv/bin/python bench/bench_training.py --stage sft --set sft_gradient_checkpointing=true  # any config key
 
 SFT: tokens/s and examples/s of trl's SFTTrainer with the shipped SFT settings. RL: prompts/s and
 completion tokens/s of trl's GRPOTrainer with the shipped RL settings (from a fresh LoRA adapter: the
@@ -27,6 +28,7 @@ from recbole_r2rec.config import build_config
 from recbole_r2rec.llm import add_lora
 from recbole_r2rec.model import R2Rec
 from recbole_r2rec.protocol import prepare_data
+from recbole_r2rec.runner import parse_overrides
 from recbole_r2rec.stages import run_rl, run_sft, stage_dir
 
 
@@ -36,12 +38,14 @@ def main():
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps to time")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--out", default=None, help="default: results/bench_<stage>.json")
+    parser.add_argument("--set", action="append", default=[], help="key=value: a config override (repeatable)")
     args = parser.parse_args()
+    overrides = parse_overrides([f"--{kv}" for kv in args.set])
 
     folder = tempfile.mkdtemp(prefix="r2rec-bench-")
     config = build_config("R2Rec", args.dataset, overrides={
         "state": "WARNING", "checkpoint_dir": folder, f"{args.stage}_max_steps": args.steps,
-        f"{args.stage}_save_steps": args.steps, f"{args.stage}_logging_steps": 1, "eval_users": 1})
+        f"{args.stage}_save_steps": args.steps, f"{args.stage}_logging_steps": 1, "eval_users": 1, **overrides})
     train, _, _ = prepare_data(config, create_dataset(config))
     model = R2Rec(config, train._dataset)
     graph = InteractionGraph.from_training(train._dataset, train.seen_items)
@@ -54,15 +58,17 @@ def main():
     checkpoints = sorted(stage_dir(config, args.stage).glob("checkpoint-*"))
     state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
     logs = [entry for entry in state["log_history"] if "loss" in entry]
-    final = next(entry for entry in state["log_history"] if "train_runtime" in entry)
-    runtime = float(final["train_runtime"])
+    # the last checkpoint is saved before the trainer logs its runtime (transformers 5): then the wall
+    # time around the stage stands in, trace building and tokenisation (a few seconds) included
+    final = next((entry for entry in state["log_history"] if "train_runtime" in entry), None)
+    runtime = float(final["train_runtime"]) if final else wall
     steps = state["global_step"]
     per_step = config[f"{args.stage}_batch_size"] * config[f"{args.stage}_grad_accum"]
     report = {
-        "stage": args.stage, "dataset": args.dataset, "model": str(config["llm_path"]),
+        "stage": args.stage, "dataset": args.dataset, "model": str(config["llm_path"]), "overrides": overrides,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "device": str(model.llm.device), "dtype": str(next(model.llm.parameters()).dtype)},
-        "steps": steps, "train_runtime_s": runtime, "wall_s_with_setup": wall,
+        "steps": steps, "train_runtime_s": runtime, "runtime_from": "trainer" if final else "wall clock", "wall_s_with_setup": wall,
         "seconds_per_step": runtime / steps,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         + (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0),
