@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 from scipy.stats import binomtest
 
-from recbole_r2rec.config import PROJECT_ROOT
+from recbole_r2rec.config import PROJECT_ROOT, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,22 @@ def variants() -> dict:
     not listed there are model names run with their own defaults."""
     path = PROJECT_ROOT / "properties" / "leaderboard.yaml"
     data = yaml.safe_load(path.read_text()) or {}
-    return {name: (spec.pop("model"), spec) for name, spec in (data.get("variants") or {}).items()}
+    rows = {name: (spec.pop("model"), spec) for name, spec in (data.get("variants") or {}).items()}
+    for name, (_, spec) in rows.items():
+        per_dataset = spec.get("per_dataset", {})
+        if not isinstance(per_dataset, dict) or not all(isinstance(v, dict) for v in per_dataset.values()):
+            raise ConfigError(f"{path}: row {name}: per_dataset must map a dataset to its keys, "
+                              f"e.g. per_dataset: {{lastfm: {{sequential_weight: 1.5}}}}; got {per_dataset!r}")
+    return rows
+
+
+def row_settings(row: str, dataset: str) -> tuple:
+    """(RecBole model, overrides) of a leaderboard row on one dataset: the row's own keys, then those of
+    its `per_dataset: {<dataset>: {...}}` (a setting chosen on each dataset's own validation users)."""
+    model, spec = variants().get(row, (row, {}))
+    spec = dict(spec)
+    per_dataset = spec.pop("per_dataset", {})
+    return model, {**spec, **per_dataset.get(dataset, {})}
 
 
 class NoFinishedCellError(FileNotFoundError):
@@ -57,7 +72,7 @@ class Cell:
 
 
 def cell_command(cell: Cell, result_file: Path, overrides: list) -> list:
-    model, extra = variants().get(cell.row, (cell.row, {}))
+    model, extra = row_settings(cell.row, cell.dataset)
     args = [f"--{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in extra.items()]
     return [sys.executable, str(PROJECT_ROOT / "run_recbole_r2rec.py"), f"--model={model}",
             f"--dataset={cell.dataset}", f"--seed={cell.seed}", f"--result_file={result_file}",

@@ -7,7 +7,7 @@ import pytest
 from recbole_r2rec.config import PROJECT_ROOT, ConfigError, DatasetNotFoundError, build_config, check_dataset_on_disk
 from recbole_r2rec.registry import UnknownModelError, get_model, get_trainer
 from recbole_r2rec.chains import check_evidence
-from recbole_r2rec.leaderboard import Cell, cell_command, variants
+from recbole_r2rec.leaderboard import Cell, cell_command, row_settings, variants
 from recbole_r2rec.runner import build_parser, parse_overrides, run
 from recbole_r2rec.stages import _SETTINGS_BEFORE_THEY_EXISTED
 
@@ -47,7 +47,7 @@ def test_model_settings_for_one_dataset_beat_the_models_defaults_only_there(tmp_
 def test_every_r2rec_leaderboard_row_is_a_valid_evidence_setting_on_every_dataset(dataset):
     # a row pins some evidence keys over each dataset's own file; the mix must still be one the model
     # accepts (e.g. neighbour weighting needs chains in any order), or that row's cells fail on that dataset
-    rows = {name: extra for name, (model, extra) in variants().items() if model == "R2Rec"}
+    rows = {name: row_settings(name, dataset)[1] for name, (model, _) in variants().items() if model == "R2Rec"}
     assert len(rows) >= 20
     for name, extra in rows.items():
         config = build_config("R2Rec", dataset, overrides=extra)
@@ -64,7 +64,7 @@ def test_every_stored_r2rec_cell_ran_what_its_row_means_today(dataset):
     # default must move to a row that pins it; a row whose meaning changed under its cells would report
     # numbers of one setting under the name of another. The keys compared are the evidence settings added
     # since the first cells, each with what a cell that lacks it ran (as a saved SFT stage reads it too).
-    rows = {name: extra for name, (model, extra) in variants().items() if model == "R2Rec"}
+    rows = {name: row_settings(name, dataset)[1] for name, (model, _) in variants().items() if model == "R2Rec"}
     cells = sorted((PROJECT_ROOT / "results" / "leaderboard" / "cells").glob(f"R2Rec*-{dataset}-seed*.json"))
     assert len(cells) >= 20
     configs = {}  # row -> its config today, built once for the row's seeds
@@ -169,3 +169,19 @@ def test_baselines_train_to_convergence_and_short_rows_keep_the_old_budget():
         short = cell_command(Cell(f"{model}-short", "ml-100k", 2020), "out.json", [])
         assert f"--model={model}" in short
         assert ("--epochs=4" in short) if config["eval_step"] == 1 else ("--epochs=40" in short), short
+
+
+def test_a_row_takes_its_per_dataset_keys_on_that_dataset_only(tmp_path, monkeypatch):
+    # a weight chosen on lastfm's validation users must reach lastfm's cells and no other dataset's
+    row = "R2Rec-evidence_only-regularised-sequential-valid"
+    lastfm, ml = (cell_command(Cell(row, d, 2020), "o.json", []) for d in ("lastfm", "ml-100k"))
+    assert "--sequential_weight=1.5" in lastfm and "--sequential_weight=3.0" in ml
+    assert not any(arg.startswith("--per_dataset") for arg in lastfm + ml)
+    assert row_settings(row, "lastfm")[1]["evidence_regularised"] == 0.25
+    from recbole_r2rec import leaderboard
+    (tmp_path / "properties").mkdir()
+    (tmp_path / "properties" / "leaderboard.yaml").write_text(
+        "variants:\n  Bad:\n    model: R2Rec\n    per_dataset: {lastfm: 1.5}\n")
+    monkeypatch.setattr(leaderboard, "PROJECT_ROOT", tmp_path)
+    with pytest.raises(ConfigError, match="row Bad: per_dataset must map a dataset to its keys"):
+        variants()
