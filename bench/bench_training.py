@@ -52,23 +52,20 @@ def main():
     if args.stage == "rl":
         model.llm = add_lora(model.llm, config["lora_r"], config["lora_alpha"], config["lora_dropout"])
     start = time.perf_counter()
-    (run_sft if args.stage == "sft" else run_rl)(model, train._dataset, graph, config)
+    output = (run_sft if args.stage == "sft" else run_rl)(model, train._dataset, graph, config)
     wall = time.perf_counter() - start
 
     checkpoints = sorted(stage_dir(config, args.stage).glob("checkpoint-*"))
     state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
     logs = [entry for entry in state["log_history"] if "loss" in entry]
-    # the last checkpoint is saved before the trainer logs its runtime (transformers 5): then the wall
-    # time around the stage stands in, trace building and tokenisation (a few seconds) included
-    final = next((entry for entry in state["log_history"] if "train_runtime" in entry), None)
-    runtime = float(final["train_runtime"]) if final else wall
+    runtime = float(output.metrics["train_runtime"])  # the optimizer steps alone, without the setup
     steps = state["global_step"]
     per_step = config[f"{args.stage}_batch_size"] * config[f"{args.stage}_grad_accum"]
     report = {
         "stage": args.stage, "dataset": args.dataset, "model": str(config["llm_path"]), "overrides": overrides,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "device": str(model.llm.device), "dtype": str(next(model.llm.parameters()).dtype)},
-        "steps": steps, "train_runtime_s": runtime, "runtime_from": "trainer" if final else "wall clock", "wall_s_with_setup": wall,
+        "steps": steps, "train_runtime_s": runtime, "wall_s_with_setup": wall,
         "seconds_per_step": runtime / steps,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         + (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0),

@@ -180,19 +180,22 @@ def load_finished_stage(model, config, stage: str) -> bool:
     return True
 
 
-def _train(trainer, model, out: Path, config) -> None:
-    """Train (resuming from the last checkpoint if any), save the final adapter from one process."""
+def _train(trainer, model, out: Path, config):
+    """Train (resuming from the last checkpoint if any), save the final adapter from one process; returns
+    the trainer's `TrainOutput` (its metrics hold `train_runtime`)."""
     resume = any(out.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    output = trainer.train(resume_from_checkpoint=True if resume else None)
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(out / "final", selected_adapters=["default"])
         (out / "final" / "stage_settings.json").write_text(json.dumps(stage_settings(config, out.name), indent=1))
     model.llm = trainer.model
     model.llm.eval()
+    return output
 
 
-def run_sft(model, train_dataset, graph, config) -> None:
-    """Fine-tune `model.llm` with a LoRA adapter on chain traces (trl SFTTrainer); resumable."""
+def run_sft(model, train_dataset, graph, config):
+    """Fine-tune `model.llm` with a LoRA adapter on chain traces (trl SFTTrainer); resumable. Returns the
+    trainer's `TrainOutput`, or None when a finished stage was loaded."""
     from trl import SFTConfig, SFTTrainer
 
     from recbole_r2rec.llm import add_lora
@@ -208,7 +211,7 @@ def run_sft(model, train_dataset, graph, config) -> None:
                      completion_only_loss=True)
     trainer = SFTTrainer(model=model.llm, args=args, train_dataset=sft_dataset(model, traces),
                          processing_class=model.tokenizer)
-    _train(trainer, model, out, config)
+    return _train(trainer, model, out, config)
 
 
 def rl_dataset(model, train_dataset, graph, config):
@@ -253,10 +256,11 @@ def reward_functions(model, config) -> tuple:
     return funcs, used
 
 
-def run_rl(model, train_dataset, graph, config) -> None:
+def run_rl(model, train_dataset, graph, config):
     """GRPO (trl) from the SFT adapter: sampled completions of level-2 training prompts, rewarded by
     `rl_reward_weights`, KL to the SFT policy (`rl_beta`; trl keeps a frozen copy of the SFT adapter
-    as the reference). Resumable; a finished stage is loaded."""
+    as the reference). Resumable; a finished stage is loaded. Returns the trainer's `TrainOutput`, or
+    None when a finished stage was loaded."""
     from peft import PeftModel
     from trl import GRPOConfig, GRPOTrainer
 
@@ -279,6 +283,7 @@ def run_rl(model, train_dataset, graph, config) -> None:
     trainer = GRPOTrainer(model=model.llm, reward_funcs=funcs, args=args,
                           train_dataset=rl_dataset(model, train_dataset, graph, config),
                           processing_class=model.tokenizer)
-    _train(trainer, model, out, config)
+    output = _train(trainer, model, out, config)
     if "ref" in getattr(model.llm, "peft_config", {}):
         model.llm.delete_adapter("ref")
+    return output
