@@ -239,6 +239,34 @@ def comparisons(results: list, summ: pd.DataFrame, dataset: str, llm_row: str = 
     return out
 
 
+def compare(folder: Path, row_a: str, row_b: str, datasets=None, seeds=None) -> pd.DataFrame:
+    """Row A against row B on each dataset, on the (seed, user) pairs both evaluated (identical
+    candidates): Hit@1 of each, A's relative gain, the discordant users and the exact McNemar p. The
+    like-for-like test for any two rows, e.g. an ablation against its parent or a sampled LLM cell
+    against an all-user baseline."""
+    results, _ = load_cells(folder, [row_a, row_b], datasets, seeds)
+    records = []
+    for dataset in sorted({r["dataset"] for r in results}):
+        a, b = paired_hits(results, row_a, row_b, dataset)
+        if not a:
+            continue
+        test = mcnemar(a, b)
+        both = {int(r["seed"]) for r in results if r["dataset"] == dataset and r["row"] == row_a} & \
+            {int(r["seed"]) for r in results if r["dataset"] == dataset and r["row"] == row_b}
+        records.append({"dataset": dataset, "seeds": ",".join(map(str, sorted(both))), "pairs": test["pairs"],
+                        f"hit@1 {row_a}": float(np.mean(a)), f"hit@1 {row_b}": float(np.mean(b)),
+                        "relative_gain": _gain(np.mean(a), np.mean(b)), f"only {row_a}": test["only_a"],
+                        f"only {row_b}": test["only_b"], "p_value": test["p_value"]})
+    if not records:
+        found = sorted({r["row"] for r in results})
+        raise NoFinishedCellError(
+            f"no (seed, user) pair that both {row_a} and {row_b} evaluated under {folder / 'cells'}"
+            + "".join(f" for {name} {values}" for name, values in (("datasets", datasets), ("seeds", seeds)) if values)
+            + f" (rows with finished cells there: {', '.join(found) or 'none'}; a cell written before per-user "
+              "ranks were recorded cannot be paired)")
+    return pd.DataFrame.from_records(records)
+
+
 # -- outputs ------------------------------------------------------------------------------------------
 def _fmt(mean, std, count, digits=4) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if count > 1 else f"{mean:.{digits}f}"

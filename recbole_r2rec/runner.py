@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--leaderboard_dir", default="saved/leaderboard",
                        help="cells/ and the report go here (default: %(default)s)")
     board.add_argument("--report_only", action="store_true", help="only aggregate the finished cells")
+    board.add_argument("--compare", metavar="ROW_A,ROW_B", default=None,
+                       help="paired test of two rows' finished cells under --leaderboard_dir (per dataset of "
+                            "--datasets, seeds of --seeds): Hit@1 on the (seed, user) pairs both evaluated, "
+                            "relative gain, discordant users, exact McNemar p; runs nothing")
     return parser
 
 
@@ -213,8 +217,28 @@ def run_leaderboard(args, rest) -> dict:
     return out
 
 
+def run_compare(args):
+    """`--compare=A,B`: print the paired comparison table of two rows (nothing runs)."""
+    from recbole_r2rec import leaderboard
+
+    split = lambda text: [s for s in text.replace(" ", "").split(",") if s]  # noqa: E731
+    pair = split(args.compare)
+    if len(pair) != 2:
+        raise SystemExit(f"error: --compare takes two rows, ROW_A,ROW_B (got {args.compare!r})")
+    try:
+        table = leaderboard.compare(Path(args.leaderboard_dir), *pair, split(args.datasets),
+                                    [int(s) for s in split(args.seeds)])
+    except leaderboard.NoFinishedCellError as err:
+        raise SystemExit(f"error: {err}") from None
+    shown = table.assign(relative_gain=table.relative_gain.map("{:+.1%}".format))
+    print(shown.to_markdown(index=False, floatfmt=".4g"))
+    return table
+
+
 def main(argv=None) -> dict:
     args, rest = build_parser().parse_known_args(argv)
+    if args.compare:
+        return run_compare(args)
     if args.leaderboard or args.report_only:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         return run_leaderboard(args, rest)

@@ -173,3 +173,24 @@ def test_a_killed_cell_says_it_was_killed_and_a_grid_of_failures_names_them(tmp_
         lb.report(tmp_path, ["R2Rec-sft"], ["d1"], [1])
     assert "R2Rec-sft-d1-seed1" in str(err.value) and "models ['R2Rec-sft']" in str(err.value)
     assert lb.exit_reason(3) == "exit code 3"
+
+
+def test_compare_pairs_two_rows_by_seed_and_user_and_says_when_nothing_pairs(board, capsys):
+    # The fixture's R2Rec vs SASRec, by hand: R2Rec hits 5 of the 8 (seed, user) pairs, SASRec 3; only
+    # R2Rec s1u3, s2u1, s2u3, only SASRec s2u2: exact McNemar 2 * P(Bin(4, 1/2) <= 1) = 10/16.
+    table = main(["--compare=R2Rec,SASRec", f"--leaderboard_dir={board}", "--datasets=ml-100k", "--seeds=1,2"])
+    row = table.iloc[0]
+    assert (row["pairs"], row["only R2Rec"], row["only SASRec"], row["seeds"]) == (8, 3, 1, "1,2")
+    assert row["hit@1 R2Rec"] == pytest.approx(0.625) and row["hit@1 SASRec"] == pytest.approx(0.375)
+    assert row["relative_gain"] == pytest.approx(2 / 3) and row["p_value"] == pytest.approx(10 / 16)
+    assert "+66.7%" in capsys.readouterr().out
+    # one seed only: s1 has R2Rec-only u3 and nothing SASRec-only
+    one = lb.compare(board, "R2Rec", "SASRec", ["ml-100k"], [1]).iloc[0]
+    assert (one["pairs"], one["only R2Rec"], one["only SASRec"]) == (4, 1, 0)
+    with pytest.raises(SystemExit) as err:
+        main(["--compare=R2Rec,BERT4Rec", f"--leaderboard_dir={board}", "--datasets=ml-100k", "--seeds=1,2"])
+    assert "no (seed, user) pair that both R2Rec and BERT4Rec evaluated" in str(err.value)
+    assert "GRU4Rec, R2Rec, R2Rec-zs, SASRec" not in str(err.value)  # only the two asked rows are loaded
+    assert "R2Rec" in str(err.value).split("rows with finished cells there:")[1]
+    with pytest.raises(SystemExit, match="two rows"):
+        main(["--compare=R2Rec", f"--leaderboard_dir={board}"])
