@@ -7,7 +7,9 @@ validation, never on test.
         [--stage sft] [--set key=value ...] [--fusion_weights 0,0.5,1] [--out results/ablations/NAME.json]
 
 `--stage sft` (or rl) evaluates the finished stage's adapter under checkpoint_dir (trained with the
-same settings), otherwise the untrained backbone. Writes the metrics per variant to --out.
+same settings), otherwise the untrained backbone. A variant's `adapter=DIR` evaluates the LoRA adapter
+saved in DIR instead (e.g. a trainer's `checkpoint-N/`: a learning curve over training steps); the other
+keys must be the settings it was trained with, which nothing checks here. Writes the metrics per variant to --out.
 `--fusion_weights` also ranks each variant's recorded LLM scores with every listed `evidence_weight`
 (and by chain strength alone), from the one evaluation: the fused score is a function of the two.
 """
@@ -28,7 +30,7 @@ from recbole_r2rec.protocol import prepare_data
 from recbole_r2rec.registry import get_trainer
 from recbole_r2rec.runner import parse_overrides
 from recbole_r2rec.scoring import evidence_fused
-from recbole_r2rec.stages import load_finished_stage
+from recbole_r2rec.stages import load_adapter, load_finished_stage
 
 
 def pairs(text: str) -> dict:
@@ -80,11 +82,17 @@ def main():
     first_ranks = None
     for spec in args.variant:
         name, _, keys = spec.partition(":")
-        config = build_config("R2Rec", args.dataset, overrides={**shared, **pairs(keys)})
+        overrides = pairs(keys)
+        adapter = overrides.pop("adapter", None)
+        config = build_config("R2Rec", args.dataset, overrides={**shared, **overrides})
         init_seed(config["seed"], config["reproducibility"])
         train, valid, _ = prepare_data(config, create_dataset(config))
         model = R2Rec(config, train._dataset)
-        if args.stage and not load_finished_stage(model, config, args.stage):
+        if adapter is not None:
+            if not (Path(adapter) / "adapter_config.json").is_file():
+                raise SystemExit(f"{name}: no LoRA adapter (adapter_config.json) in {adapter}")
+            load_adapter(model, adapter)
+        elif args.stage and not load_finished_stage(model, config, args.stage):
             raise SystemExit(f"no finished {args.stage} stage under {config['checkpoint_dir']} for these settings")
         trainer = get_trainer(config["MODEL_TYPE"], "R2Rec")(config, model)
         start = time.perf_counter()

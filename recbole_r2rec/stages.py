@@ -156,8 +156,6 @@ def stage_settings(config, stage: str) -> dict:
 def load_finished_stage(model, config, stage: str) -> bool:
     """A finished stage is loaded, not redone: its `final/` adapter replaces the current one. One made
     with other settings is refused (reusing it would silently report the wrong model)."""
-    from peft import PeftModel
-
     from recbole_r2rec.config import ConfigError
 
     final = stage_dir(config, stage) / "final"
@@ -173,11 +171,19 @@ def load_finished_stage(model, config, stage: str) -> bool:
                               f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed)}); "
                               "use another --checkpoint_dir or remove that folder to retrain")
     logger.info(f"{stage.upper()} already finished: loading the adapter from {final}")
+    load_adapter(model, final)
+    return True
+
+
+def load_adapter(model, path) -> None:
+    """Put the LoRA adapter saved in `path` (a stage's `final/` or a trainer's `checkpoint-N/`) on the
+    backbone for inference, replacing any adapter already there."""
+    from peft import PeftModel
+
     if isinstance(model.llm, PeftModel):
         model.llm = model.llm.unload()  # drop the previous adapter, keep the base weights untouched
-    model.llm = PeftModel.from_pretrained(model.llm, final, is_trainable=False)
+    model.llm = PeftModel.from_pretrained(model.llm, path, is_trainable=False)
     model.llm.eval()
-    return True
 
 
 def _train(trainer, model, out: Path, config):

@@ -467,6 +467,20 @@ def test_sft_stage_trains_a_lora_adapter_resumes_and_is_not_redone(tiny_data_pat
     again = run("R2Rec", "tiny", overrides=overrides)  # finished stage: loaded, not redone
     assert (sft_dir / "final" / "adapter_model.safetensors").stat().st_mtime == stamp
     assert again["test_result"] == first["test_result"]
+    # An intermediate checkpoint's adapter (a learning curve's point) replaces the one on the backbone
+    # instead of stacking on it, and what is loaded is exactly what was saved.
+    from safetensors.torch import load_file
+
+    from recbole_r2rec.stages import load_adapter
+    config = build_config("R2Rec", "tiny", overrides=overrides)
+    model = R2Rec(config, prepare_data(config, create_dataset(config))[0]._dataset)
+    for folder in (sft_dir / "final", sorted(sft_dir.glob("checkpoint-*"))[0]):
+        load_adapter(model, folder)
+        saved = load_file(folder / "adapter_model.safetensors")
+        loaded = {k: v for k, v in model.llm.state_dict().items() if "lora_" in k}
+        assert len(loaded) == len(saved) and list(model.llm.peft_config) == ["default"]
+        for key, value in saved.items():
+            assert torch.equal(loaded[key.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default.")], value)
 
 
 def test_explain_writes_readable_reasoning_for_sampled_test_users(tiny_data_path, tiny_llm_path, in_tmp):
