@@ -110,8 +110,9 @@ def main():
             entry["mcnemar_vs_first"] = mcnemar([ranks[u] == 1 for u in users], [first_ranks[u] == 1 for u in users])
         report["variants"][name] = entry
         print(name, json.dumps(entry), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+        # after every variant: an interrupted ablation keeps the variants it finished
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
