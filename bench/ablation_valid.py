@@ -80,6 +80,7 @@ def main():
     report = {"dataset": args.dataset, "valid_users": args.valid_users, "stage": args.stage or "none",
               "shared": shared, "variants": {}}
     first_ranks = None
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for spec in args.variant:
         name, _, keys = spec.partition(":")
         overrides = pairs(keys)
@@ -89,9 +90,10 @@ def main():
         train, valid, _ = prepare_data(config, create_dataset(config))
         model = R2Rec(config, train._dataset)
         if adapter is not None:
-            if not (Path(adapter) / "adapter_config.json").is_file():
-                raise SystemExit(f"{name}: no LoRA adapter (adapter_config.json) in {adapter}")
-            load_adapter(model, adapter)
+            try:
+                load_adapter(model, adapter)
+            except FileNotFoundError as err:
+                raise SystemExit(f"{name}: {err}") from None
         elif args.stage and not load_finished_stage(model, config, args.stage):
             raise SystemExit(f"no finished {args.stage} stage under {config['checkpoint_dir']} for these settings")
         trainer = get_trainer(config["MODEL_TYPE"], "R2Rec")(config, model)
@@ -111,7 +113,6 @@ def main():
         report["variants"][name] = entry
         print(name, json.dumps(entry), flush=True)
         # after every variant: an interrupted ablation keeps the variants it finished
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2))
 
 

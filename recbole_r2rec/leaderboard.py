@@ -251,9 +251,9 @@ def compare(folder: Path, row_a: str, row_b: str, datasets=None, seeds=None) -> 
         if not a:
             continue
         test = mcnemar(a, b)
-        both = {int(r["seed"]) for r in results if r["dataset"] == dataset and r["row"] == row_a} & \
-            {int(r["seed"]) for r in results if r["dataset"] == dataset and r["row"] == row_b}
-        records.append({"dataset": dataset, "seeds": ",".join(map(str, sorted(both))), "pairs": test["pairs"],
+        seeds_of = [{int(r["seed"]) for r in results if (r["dataset"], r["row"]) == (dataset, row)} for row in (row_a, row_b)]
+        both = sorted(set.intersection(*seeds_of))
+        records.append({"dataset": dataset, "seeds": ",".join(map(str, both)), "pairs": test["pairs"],
                         f"hit@1 {row_a}": float(np.mean(a)), f"hit@1 {row_b}": float(np.mean(b)),
                         "relative_gain": _gain(np.mean(a), np.mean(b)), f"only {row_a}": test["only_a"],
                         f"only {row_b}": test["only_b"], "p_value": test["p_value"]})

@@ -199,11 +199,15 @@ def parse_overrides(tokens) -> dict:
     return overrides
 
 
+def _csv(text: str) -> list:
+    """A comma-separated flag value (`--models`, `--datasets`, `--seeds`, `--compare`) as a list."""
+    return [s for s in text.replace(" ", "").split(",") if s]
+
+
 def run_leaderboard(args, rest) -> dict:
     from recbole_r2rec import leaderboard
 
-    split = lambda text: [s for s in text.replace(" ", "").split(",") if s]  # noqa: E731
-    rows, datasets, seeds = split(args.models), split(args.datasets), [int(s) for s in split(args.seeds)]
+    rows, datasets, seeds = _csv(args.models), _csv(args.datasets), [int(s) for s in _csv(args.seeds)]
     folder = Path(args.leaderboard_dir)
     parse_overrides(rest)  # malformed overrides fail here, before any cell runs
     if not args.report_only:
@@ -221,13 +225,12 @@ def run_compare(args):
     """`--compare=A,B`: print the paired comparison table of two rows (nothing runs)."""
     from recbole_r2rec import leaderboard
 
-    split = lambda text: [s for s in text.replace(" ", "").split(",") if s]  # noqa: E731
-    pair = split(args.compare)
+    pair = _csv(args.compare)
     if len(pair) != 2:
         raise SystemExit(f"error: --compare takes two rows, ROW_A,ROW_B (got {args.compare!r})")
     try:
-        table = leaderboard.compare(Path(args.leaderboard_dir), *pair, split(args.datasets),
-                                    [int(s) for s in split(args.seeds)])
+        table = leaderboard.compare(Path(args.leaderboard_dir), *pair, _csv(args.datasets),
+                                    [int(s) for s in _csv(args.seeds)])
     except leaderboard.NoFinishedCellError as err:
         raise SystemExit(f"error: {err}") from None
     shown = table.assign(relative_gain=table.relative_gain.map("{:+.1%}".format))

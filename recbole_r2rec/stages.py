@@ -177,9 +177,12 @@ def load_finished_stage(model, config, stage: str) -> bool:
 
 def load_adapter(model, path) -> None:
     """Put the LoRA adapter saved in `path` (a stage's `final/` or a trainer's `checkpoint-N/`) on the
-    backbone for inference, replacing any adapter already there."""
+    backbone for inference, replacing any adapter already there. A folder without an adapter is an error
+    here, before peft would take the path for a hub id and try to download it."""
     from peft import PeftModel
 
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {path}")
     if isinstance(model.llm, PeftModel):
         model.llm = model.llm.unload()  # drop the previous adapter, keep the base weights untouched
     model.llm = PeftModel.from_pretrained(model.llm, path, is_trainable=False)
