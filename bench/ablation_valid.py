@@ -8,8 +8,10 @@ validation, never on test.
 
 `--stage sft` (or rl) evaluates the finished stage's adapter under checkpoint_dir (trained with the
 same settings), otherwise the untrained backbone. A variant's `adapter=DIR` evaluates the LoRA adapter
-saved in DIR instead (e.g. a trainer's `checkpoint-N/`: a learning curve over training steps); the other
-keys must be the settings it was trained with, which nothing checks here. Writes the metrics per variant to --out.
+saved in DIR instead (e.g. a trainer's `checkpoint-N/`: a learning curve over training steps), and
+`adapter=none` the untrained backbone (the curve's step 0); the other keys must be the settings it was
+trained with, which nothing checks here. Writes the metrics per variant to --out, with each user's rank
+of the positive (`ranks`), so variants of different runs can be paired later on the same users.
 `--fusion_weights` also ranks each variant's recorded LLM scores with every listed `evidence_weight`
 (and by chain strength alone), from the one evaluation: the fused score is a function of the two.
 """
@@ -89,7 +91,9 @@ def main():
         init_seed(config["seed"], config["reproducibility"])
         train, valid, _ = prepare_data(config, create_dataset(config))
         model = R2Rec(config, train._dataset)
-        if adapter is not None:
+        if adapter == "none":
+            pass  # the untrained backbone, whatever --stage says
+        elif adapter is not None:
             try:
                 load_adapter(model, adapter)
             except FileNotFoundError as err:
@@ -102,6 +106,7 @@ def main():
         entry = {"keys": pairs(keys), "valid_result": result, "seconds": time.perf_counter() - start,
                  "users": len(trainer.user_ranks)}
         ranks = trainer.user_ranks
+        entry["ranks"] = {str(u): int(r) for u, r in ranks.items()}
         if args.fusion_weights:
             weights = [float(w) for w in args.fusion_weights.split(",")]
             entry["fusion"] = fusion_grid(model.answers, positives(valid), weights)
