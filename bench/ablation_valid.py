@@ -91,14 +91,12 @@ def main():
         init_seed(config["seed"], config["reproducibility"])
         train, valid, _ = prepare_data(config, create_dataset(config))
         model = R2Rec(config, train._dataset)
-        if adapter == "none":
-            pass  # the untrained backbone, whatever --stage says
-        elif adapter is not None:
+        if adapter not in (None, "none"):  # "none": the untrained backbone, whatever --stage says
             try:
                 load_adapter(model, adapter)
             except FileNotFoundError as err:
                 raise SystemExit(f"{name}: {err}") from None
-        elif args.stage and not load_finished_stage(model, config, args.stage):
+        elif adapter is None and args.stage and not load_finished_stage(model, config, args.stage):
             raise SystemExit(f"no finished {args.stage} stage under {config['checkpoint_dir']} for these settings")
         trainer = get_trainer(config["MODEL_TYPE"], "R2Rec")(config, model)
         start = time.perf_counter()
