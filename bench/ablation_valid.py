@@ -91,20 +91,21 @@ def main():
         init_seed(config["seed"], config["reproducibility"])
         train, valid, _ = prepare_data(config, create_dataset(config))
         model = R2Rec(config, train._dataset)
-        if adapter not in (None, "none"):  # "none": the untrained backbone, whatever --stage says
+        if adapter is None:
+            if args.stage and not load_finished_stage(model, config, args.stage):
+                raise SystemExit(f"no finished {args.stage} stage under {config['checkpoint_dir']} for these settings")
+        elif adapter != "none":  # "none": the untrained backbone, whatever --stage says
             try:
                 load_adapter(model, adapter)
             except FileNotFoundError as err:
                 raise SystemExit(f"{name}: {err}") from None
-        elif adapter is None and args.stage and not load_finished_stage(model, config, args.stage):
-            raise SystemExit(f"no finished {args.stage} stage under {config['checkpoint_dir']} for these settings")
         trainer = get_trainer(config["MODEL_TYPE"], "R2Rec")(config, model)
         start = time.perf_counter()
         result = {k: float(v) for k, v in trainer.evaluate(valid).items()}
         entry = {"keys": pairs(keys), "valid_result": result, "seconds": time.perf_counter() - start,
                  "users": len(trainer.user_ranks)}
         ranks = trainer.user_ranks
-        entry["ranks"] = {str(u): int(r) for u, r in ranks.items()}
+        entry["ranks"] = trainer.user_ranks_json()
         if args.fusion_weights:
             weights = [float(w) for w in args.fusion_weights.split(",")]
             entry["fusion"] = fusion_grid(model.answers, positives(valid), weights)

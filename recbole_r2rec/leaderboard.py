@@ -251,7 +251,8 @@ def compare(folder: Path, row_a: str, row_b: str, datasets=None, seeds=None) -> 
         if not a:
             continue
         test = mcnemar(a, b)
-        seeds_of = [{int(r["seed"]) for r in results if (r["dataset"], r["row"]) == (dataset, row)} for row in (row_a, row_b)]
+        seeds_of = [{int(r["seed"]) for r in results if (r["dataset"], r["row"]) == (dataset, row)}
+                    for row in (row_a, row_b)]
         both = sorted(set.intersection(*seeds_of))
         records.append({"dataset": dataset, "seeds": ",".join(map(str, both)), "pairs": test["pairs"],
                         f"hit@1 {row_a}": float(np.mean(a)), f"hit@1 {row_b}": float(np.mean(b)),

@@ -208,6 +208,11 @@ class FairEvaluationMixin:
         self.user_ranks = {}  # user id -> rank of its positive among its candidates (paired tests)
         return super().evaluate(eval_data, *args, **kwargs)
 
+    def user_ranks_json(self) -> dict:
+        """The last evaluation's ranks as JSON (`{"user id": rank}`, by user id): the form the result
+        files and the ablations store and `leaderboard.user_ranks` reads back for paired tests."""
+        return {str(u): int(r) for u, r in sorted(self.user_ranks.items())}
+
     def _neg_sample_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._neg_sample_batch_eval(batched_data)
         if self.config["eval_type"] == EvaluatorType.RANKING:

@@ -85,7 +85,7 @@ def run(model: str = DEFAULT_MODEL, dataset: str = "ml-100k", config_files=(), o
         "config": config_as_dict(config),
     }
     if getattr(trainer, "user_ranks", None):  # per-user outcomes, for paired significance tests
-        result["test_user_ranks"] = {str(u): int(r) for u, r in sorted(trainer.user_ranks.items())}
+        result["test_user_ranks"] = trainer.user_ranks_json()
     if getattr(trainer, "stage_results", None):
         result["stages"] = trainer.stage_results
     path = Path(result_file) if result_file else default_result_file(model, dataset, config["seed"])
