@@ -42,6 +42,12 @@ class R2Rec(SequentialRecommender):
                     "meaningful for it. Use the shared candidate protocol: "
                     "eval_args: {mode: {valid: uni19, test: uni19}} (properties/overall.yaml)."
                 )
+        history_len, cap = config["history_len"], config["MAX_ITEM_LIST_LENGTH"]
+        if not isinstance(history_len, int) or isinstance(history_len, bool) or not 1 <= history_len <= cap:
+            # RecBole keeps only the last MAX_ITEM_LIST_LENGTH items of a history: a longer history_len
+            # would silently read the same items
+            raise ConfigError(f"history_len must be an integer from 1 to MAX_ITEM_LIST_LENGTH ({cap}, the "
+                              f"history every model reads under the shared protocol), not {history_len!r}")
         if config["evidence_signal"] not in EVIDENCE_SIGNALS:
             raise ConfigError(f"evidence_signal must be one of {list(EVIDENCE_SIGNALS)}, "
                               f"not {config['evidence_signal']!r}")

@@ -274,6 +274,14 @@ def test_unknown_evidence_signal_is_refused_before_any_data_is_loaded(tiny_data_
         run("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path, evidence_signal="cosine"))
 
 
+@pytest.mark.parametrize("history_len", [0, 21])
+def test_history_len_beyond_the_protocols_history_is_refused(tiny_data_path, tiny_llm_path, in_tmp, history_len):
+    # RecBole truncates histories to MAX_ITEM_LIST_LENGTH (20 in properties/overall.yaml): 21 would read 20
+    with pytest.raises(ConfigError, match=rf"history_len must be an integer from 1 to MAX_ITEM_LIST_LENGTH "
+                                          rf"\(20, .*\), not {history_len}"):
+        run("R2Rec", "tiny", overrides=tiny(data_path=tiny_data_path, llm_path=tiny_llm_path, history_len=history_len))
+
+
 def test_prompt_order_does_not_depend_on_which_row_is_positive(tiny_r2rec):
     config, model, test = tiny_r2rec
     interaction = test.collate_fn(np.arange(1))[0]
