@@ -29,6 +29,11 @@ def without_llm(config) -> bool:
     return str(config["llm_path"]).lower() == "none"
 
 
+def is_count(value) -> bool:
+    """An integer setting, not a bool (`True` is an int to Python, and YAML or `--key=true` gives one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class R2Rec(SequentialRecommender):
     input_type = InputType.POINTWISE
 
@@ -43,7 +48,7 @@ class R2Rec(SequentialRecommender):
                     "eval_args: {mode: {valid: uni19, test: uni19}} (properties/overall.yaml)."
                 )
         history_len, cap = config["history_len"], config["MAX_ITEM_LIST_LENGTH"]
-        if not isinstance(history_len, int) or isinstance(history_len, bool) or not 1 <= history_len <= cap:
+        if not is_count(history_len) or not 1 <= history_len <= cap:
             # RecBole keeps only the last MAX_ITEM_LIST_LENGTH items of a history: a longer history_len
             # would silently read the same items
             raise ConfigError(f"history_len must be an integer from 1 to MAX_ITEM_LIST_LENGTH ({cap}, the "
@@ -90,7 +95,7 @@ class R2Rec(SequentialRecommender):
         self.evidence_recency = float(config["evidence_recency"])
         self.evidence_window = config["evidence_window"]
         window = self.evidence_window
-        if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+        if not is_count(window) or window < 0:
             raise ConfigError(f"evidence_window must be an integer >= 0 (0: chains in any order), "
                               f"not {window!r}")
         self.evidence_unordered = float(config["evidence_unordered"])
