@@ -63,16 +63,16 @@ def read_yaml(path) -> dict:
 
 
 def layered_files(model: str, dataset: str, config_files=()) -> list:
-    """The YAML files of one run, lowest priority first, each checked to parse."""
+    """The YAML files of one run, lowest priority first, each checked to parse. Files without a key (only
+    comments, e.g. properties/model/Pop.yaml) are left out: RecBole's Config iterates what the YAML loads
+    and fails on the None of an empty file."""
     files = [PROPERTIES / "overall.yaml"]
     for optional in (PROPERTIES / "dataset" / f"{dataset}.yaml", PROPERTIES / "model" / f"{model}.yaml",
                      PROPERTIES / "model" / model / f"{dataset}.yaml"):
         if optional.is_file():
             files.append(optional)
     files += [Path(f) for f in config_files or ()]
-    for f in files:
-        read_yaml(f)
-    return [str(f) for f in files]
+    return [str(f) for f in files if read_yaml(f)]
 
 
 def _resolve_data_path(config) -> None:

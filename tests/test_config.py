@@ -171,6 +171,27 @@ def test_baselines_train_to_convergence_and_short_rows_keep_the_old_budget():
         assert ("--epochs=4" in short) if config["eval_step"] == 1 else ("--epochs=40" in short), short
 
 
+def test_a_config_file_with_only_comments_is_read_as_no_settings(tmp_path):
+    # RecBole's Config fails on an empty YAML ('NoneType' object is not iterable); Pop's defaults file is one
+    notes = tmp_path / "notes.yaml"
+    notes.write_text("# nothing set here yet\n")
+    assert build_config("Pop", "ml-100k", config_files=[notes])["model"] == "Pop"
+    assert build_config("BPR", "ml-100k", config_files=[notes])["embedding_size"] == 64
+
+
+def test_itemknn_takes_each_datasets_validated_settings_and_its_default_row_recboles():
+    # the ItemKNN row is tuned per dataset (properties/model/ItemKNN/<dataset>.yaml); ItemKNN-default must
+    # stay RecBole's k 100, shrink 0 on every dataset, the per-dataset files notwithstanding
+    tuned = {d: build_config("ItemKNN", d) for d in ("ml-100k", "lastfm", "steam")}
+    assert {d: (c["k"], c["shrink"]) for d, c in tuned.items()} == {
+        "ml-100k": (50, 0.0), "lastfm": (500, 0.0), "steam": (500, 300.0)}
+    for dataset in tuned:
+        model, keys = row_settings("ItemKNN-default", dataset)
+        default = build_config(model, dataset, overrides=keys)
+        assert (model, default["k"], default["shrink"]) == ("ItemKNN", 100, 0.0), dataset
+        assert "--k=100" in cell_command(Cell("ItemKNN-default", dataset, 2020), "o.json", [])
+
+
 def test_a_row_takes_its_per_dataset_keys_on_that_dataset_only(tmp_path, monkeypatch):
     # a weight chosen on lastfm's validation users must reach lastfm's cells and no other dataset's
     row = "R2Rec-evidence_only-regularised-sequential-valid"

@@ -141,12 +141,14 @@ def test_break_ties_hand_example():
 
 
 def test_same_candidates_and_users_for_every_model(tiny_data_path, in_tmp):
+    # sequential, general, popularity and traditional (ItemKNN: RecBole's TraditionalTrainer) models alike
     results = {}
-    for model in ("GRU4Rec", "BPR"):
+    for model in ("GRU4Rec", "BPR", "Pop", "ItemKNN"):
         results[model] = run(model, "tiny", overrides=tiny(data_path=tiny_data_path, epochs=2, eval_users=25),
                              result_file=in_tmp / f"{model}.json")
-    assert results["GRU4Rec"]["candidates_sha256"] == results["BPR"]["candidates_sha256"]
-    assert results["GRU4Rec"]["eval_users"] == results["BPR"]["eval_users"] == {"valid": 25, "test": 25}
+    for model in ("BPR", "Pop", "ItemKNN"):
+        assert results[model]["candidates_sha256"] == results["GRU4Rec"]["candidates_sha256"], model
+        assert results[model]["eval_users"] == {"valid": 25, "test": 25}, model
     saved = json.loads((in_tmp / "BPR.json").read_text())
     for key in ("model", "dataset", "seed", "best_valid_result", "test_result", "config", "timings_s"):
         assert key in saved
