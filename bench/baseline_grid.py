@@ -7,7 +7,9 @@ ItemKNN is the classical version of R2Rec's chains. Each setting's cells go to t
 folder under --work_dir, so an interrupted grid resumes (finished cells are skipped).
 
     .venv/bin/python bench/baseline_grid.py --model ItemKNN --grid k=10,25,50,100,250,500,1000 \
-        --grid shrink=0,100 --datasets ml-100k,lastfm,steam --out results/analysis/baseline_grid-ItemKNN.json
+        --grid shrink=0,100 --datasets lastfm --out results/analysis/baseline_grid-ItemKNN-lastfm.json
+
+The best setting of each dataset goes into properties/model/<Model>/<dataset>.yaml by hand, with its numbers.
 """
 from __future__ import annotations
 
