@@ -68,7 +68,7 @@ def main():
                   encoder.name: sequential}
         if classical is not None:
             scores["ItemKNN"] = classical(user, shown)
-        for name in ("default", "regularised", "ItemKNN")[: 3 if classical is not None else 2]:
+        for name in [base for base in ("default", "regularised", "ItemKNN") if base in scores]:
             scores.update({f"{name}+{a}*{encoder.name}": fused_strength(scores[name], sequential, a) for a in WEIGHTS})
         tie_break = rng.random(len(shown))
         for name, score in scores.items():

@@ -21,12 +21,8 @@ class ShrunkCosineGraph(InteractionGraph):
 
     shrink = 0.0
 
-    def _signal(self, co, signal, recency, hist, cands, mine):
-        if signal != "sum_cosine":
-            return super()._signal(co, signal, recency, hist, cands, mine)
-        weight = recency ** np.arange(len(hist))[::-1]
-        pop_h, pop_c = self.popularity[hist] - mine[hist], self.popularity[cands] - mine[cands]
-        return weight @ (co / (np.sqrt(np.maximum(np.outer(pop_h, pop_c), 1)) + self.shrink))
+    def _cosine_norm(self, pop_h, pop_c):
+        return super()._cosine_norm(pop_h, pop_c) + self.shrink
 
 
 def main():

@@ -335,7 +335,11 @@ class InteractionGraph:
         if signal == "sum_cochoosers":
             return weight @ co.astype(float)
         pop_h, pop_c = self.popularity[hist] - mine[hist], self.popularity[cands] - mine[cands]
-        return weight @ (co / np.sqrt(np.maximum(np.outer(pop_h, pop_c), 1)))
+        return weight @ (co / self._cosine_norm(pop_h, pop_c))
+
+    def _cosine_norm(self, pop_h: np.ndarray, pop_c: np.ndarray) -> np.ndarray:
+        """[H, C] denominators of `sum_cosine` (the user left out of both popularities)."""
+        return np.sqrt(np.maximum(np.outer(pop_h, pop_c), 1))
 
     def shared_count(self, user: int, others: np.ndarray) -> np.ndarray:
         return np.asarray(self.co[user, others].todense()).ravel() if len(others) else np.zeros(0)
