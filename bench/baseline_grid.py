@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import json
 from pathlib import Path
 
@@ -25,18 +26,22 @@ from recbole_r2rec.leaderboard import load_cells, run_grid
 
 
 def parse_grid(specs: list) -> dict:
-    """['k=10,25', 'shrink=0,100'] -> {'k': [10, 25], 'shrink': [0, 100]} (values read as YAML scalars)."""
+    """['k=10,25', 'shrink=0,100', 'blend_weights=[1,0.5],[1,2]'] -> {'k': [10, 25], 'shrink': [0, 100],
+    'blend_weights': [[1, 0.5], [1, 2]]}: values read as YAML, split at the commas outside brackets."""
     grid = {}
     for spec in specs:
         key, sep, values = spec.partition("=")
         if not sep or not values:
             raise SystemExit(f"--grid {spec!r}: expected KEY=V1,V2,...")
-        grid[key] = [yaml.safe_load(value) for value in values.split(",")]
+        grid[key] = [yaml.safe_load(value) for value in re.split(r",(?![^\[]*\])", values)]
     return grid
 
 
 def setting_name(setting: dict) -> str:
-    return ",".join(f"{key}={value}" for key, value in setting.items())
+    """A folder-friendly name: lists as 1+0.5 (no brackets, commas or spaces)."""
+    def text(value):
+        return "+".join(map(str, value)) if isinstance(value, list) else str(value)
+    return ",".join(f"{key}={text(value)}" for key, value in setting.items())
 
 
 def main():

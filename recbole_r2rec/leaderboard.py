@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 METRICS = ["hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10"]
 LLM_MODELS = {"R2Rec"}
+# Ensembles of classical models (recbole_r2rec/blend.py): compared with on their own line, not counted as
+# "the best classical" model, which #7's targets mean as a single model (SASRec and company).
+ENSEMBLE_MODELS = {"ScoreBlend"}
 
 
 def variants() -> dict:
@@ -215,14 +218,18 @@ def _gain(value: float, base: float) -> float:
 
 def comparisons(results: list, summ: pd.DataFrame, dataset: str, llm_row: str = "R2Rec",
                 zero_shot_row: str = "R2Rec-zs", no_llm_row: str = "R2Rec-evidence_only") -> list:
-    """Relative Hit@1 gain of `llm_row` over the best classical row, over the zero-shot row and over
-    the chains without the LLM (what the LLM adds to its evidence), each with the paired McNemar test."""
+    """Relative Hit@1 gain of `llm_row` over the best classical row, over the best ensemble of classical
+    models (where one ran), over the zero-shot row and over the chains without the LLM (what the LLM adds
+    to its evidence), each with the paired McNemar test."""
     hit = summ[(summ.dataset == dataset) & (summ.metric == "hit@1")].set_index("model")["mean"]
     if llm_row not in hit:
         return []
-    classical = [m for m in hit.index if m.split("-")[0] not in LLM_MODELS]
+    family = {m: m.split("-")[0] for m in hit.index}
+    classical = [m for m in hit.index if family[m] not in LLM_MODELS | ENSEMBLE_MODELS]
+    ensembles = [m for m in hit.index if family[m] in ENSEMBLE_MODELS]
     out = []
     for label, other in (("best classical", max(classical, key=hit.get) if classical else None),
+                         ("classical ensemble", max(ensembles, key=hit.get) if ensembles else None),
                          ("zero-shot LLM", zero_shot_row if zero_shot_row in hit else None),
                          ("chains without the LLM", no_llm_row if no_llm_row in hit and llm_row != no_llm_row
                           else None)):

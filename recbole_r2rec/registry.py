@@ -28,15 +28,17 @@ class UnknownModelError(ValueError):
 
 def plugin_models() -> dict:
     """Models this plugin registers (imported lazily: the LLM stack is heavy)."""
+    from recbole_r2rec.blend import ScoreBlend
     from recbole_r2rec.model import R2Rec
 
-    return {"R2Rec": R2Rec}
+    return {"R2Rec": R2Rec, "ScoreBlend": ScoreBlend}
 
 
 def plugin_trainers() -> dict:
+    from recbole_r2rec.blend import ScoreBlendTrainer
     from recbole_r2rec.trainer import R2RecTrainer
 
-    return {"R2Rec": R2RecTrainer}
+    return {"R2Rec": R2RecTrainer, "ScoreBlend": ScoreBlendTrainer}
 
 
 @functools.lru_cache(maxsize=1)

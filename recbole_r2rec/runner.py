@@ -26,6 +26,7 @@ from recbole_r2rec.registry import get_model, get_trainer
 
 DEFAULT_MODEL = "R2Rec"
 DEFAULT_RESULT_DIR = Path("saved") / "results"
+CHECKPOINT_NAME = "{model}-{dataset}-seed{seed}.pth"  # in checkpoint_dir; ScoreBlend reads its components by it
 
 
 def default_result_file(model: str, dataset: str, seed) -> Path:
@@ -58,7 +59,7 @@ def run(model: str = DEFAULT_MODEL, dataset: str = "ml-100k", config_files=(), o
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     out_dir = Path(config["checkpoint_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer.saved_model_file = str(out_dir / f"{model}-{dataset}-seed{config['seed']}.pth")
+    trainer.saved_model_file = str(out_dir / CHECKPOINT_NAME.format(model=model, dataset=dataset, seed=config["seed"]))
 
     t = time.perf_counter()
     _, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"])

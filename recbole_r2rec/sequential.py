@@ -28,12 +28,15 @@ from recbole_r2rec.config import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def encoder_path(template: str, dataset: str, seed: int) -> Path:
-    """`sequential_encoder` with `{dataset}` and `{seed}` filled in, so one setting serves every cell."""
+def encoder_path(template: str, dataset: str, seed: int, model: str | None = None) -> Path:
+    """A checkpoint path template with `{dataset}` and `{seed}` (and `{model}` where a `model` is given:
+    ScoreBlend's components) filled in, so one setting serves every cell."""
+    fields = {"dataset": dataset, "seed": seed, **({"model": model} if model else {})}
     try:
-        return Path(str(template).format(dataset=dataset, seed=seed))
+        return Path(str(template).format(**fields))
     except (KeyError, IndexError, ValueError) as error:
-        raise ConfigError(f"sequential_encoder {template!r} may only use {{dataset}} and {{seed}}: {error}") from None
+        names = " and ".join("{" + name + "}" for name in fields)
+        raise ConfigError(f"checkpoint path {template!r} may only use {names}: {error}") from None
 
 
 def check_sequential(weight: float, template) -> None:
@@ -48,27 +51,27 @@ class SequentialEncoder:
     """A RecBole sequential model loaded from its checkpoint, scoring (history, candidate) rows. Not an
     `nn.Module` attribute of R2Rec on purpose: its weights are not R2Rec's and are never saved with it."""
 
-    def __init__(self, path: Path, config, dataset):
-        if not path.is_file():
+    def __init__(self, path: Path, config, dataset, model: str = "SASRec", key: str = "sequential_encoder"):
+        if not path.is_file():  # messages name the config `key` that gave `path` and the `model` to train
             raise ConfigError(
-                f"sequential_encoder {path} does not exist: train it under the shared protocol first, e.g. "
-                f"run_recbole_r2rec.py --model=SASRec --dataset={config['dataset']} --seed={config['seed']} "
+                f"{key} {path} does not exist: train it under the shared protocol first, e.g. "
+                f"run_recbole_r2rec.py --model={model} --dataset={config['dataset']} --seed={config['seed']} "
                 f"--checkpoint_dir={path.parent}")
         checkpoint = load_recbole_checkpoint(path)
         own = checkpoint.get("config") if isinstance(checkpoint, dict) else None
         if own is None or "state_dict" not in checkpoint:
-            raise ConfigError(f"sequential_encoder {path} is not a RecBole checkpoint (no config / state_dict)")
+            raise ConfigError(f"{key} {path} is not a RecBole checkpoint (no config / state_dict)")
         if own["dataset"] != config["dataset"]:
-            raise ConfigError(f"sequential_encoder {path} was trained on {own['dataset']!r}, not {config['dataset']!r}")
+            raise ConfigError(f"{key} {path} was trained on {own['dataset']!r}, not {config['dataset']!r}")
         if own["MODEL_TYPE"] != ModelType.SEQUENTIAL:
-            raise ConfigError(f"sequential_encoder {path} is a {own['model']} ({own['MODEL_TYPE'].name.lower()}) "
+            raise ConfigError(f"{key} {path} is a {own['model']} ({own['MODEL_TYPE'].name.lower()}) "
                               "model: only sequential models score a history")
         self.name = own["model"]
         self.model = get_model(self.name)(own, dataset)
         try:
             self.model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as error:
-            raise ConfigError(f"sequential_encoder {path} does not fit this dataset's items (trained with other "
+            raise ConfigError(f"{key} {path} does not fit this dataset's items (trained with other "
                               f"filtering?): {str(error).splitlines()[0]}") from None
         self.model.eval()
         self.fields = (own["ITEM_ID_FIELD"], self.model.ITEM_SEQ, self.model.ITEM_SEQ_LEN)

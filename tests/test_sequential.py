@@ -71,7 +71,7 @@ def test_the_ranking_is_standardised_chains_plus_weight_times_standardised_encod
 
 def test_one_setting_names_every_cells_checkpoint():
     assert str(encoder_path("saved/s/SASRec-{dataset}-seed{seed}.pth", "lastfm", 2021)) == "saved/s/SASRec-lastfm-seed2021.pth"
-    with pytest.raises(ConfigError, match=r"may only use \{dataset\} and \{seed\}"):
+    with pytest.raises(ConfigError, match=r"may only use \{dataset\} and \{seed\}:"):
         encoder_path("saved/{model}.pth", "lastfm", 2021)
     assert build_config("R2Rec", "ml-100k")["sequential_weight"] == 0.0  # off by default: R2Rec alone
 

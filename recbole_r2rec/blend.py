@@ -1,0 +1,169 @@
+"""ScoreBlend: classical models blended by their scores, as a leaderboard row of its own.
+
+Why: R2Rec's hybrid rows add a sequential model's scores to the chains (`sequential_weight`). A gain of such
+a blend over every single classical model may be an ensemble's gain, not the chains'. ScoreBlend is that
+ensemble without R2Rec: each component's scores standardised over the user's candidates, times its weight,
+summed (the same arithmetic as `sequential.fused_strength`), under the same protocol, candidates and paired
+tests as every other row. Its weights are chosen on validation like any baseline's (bench/baseline_grid.py).
+
+Components, in `blend_models`:
+- a sequential model (SASRec, GRU4Rec, ...): its RecBole checkpoint, trained under the shared protocol
+  (`blend_checkpoints`, default <checkpoint_dir>/{model}-{dataset}-seed{seed}.pth, where the runner and
+  the leaderboard's cells write them), never retrained here;
+- an item-item model that RecBole computes in full when it is built (`ITEM_ITEM_MODELS`: ItemKNN, EASE),
+  built on this split's training interactions with the settings its own row uses on the dataset
+  (properties/model/<Model>.yaml and <Model>/<dataset>.yaml). It scores a candidate from the user's
+  training items *and the history the sequential models read* (at test time that includes the validation
+  item). RecBole's general models see the training items only, so the ItemKNN row never uses a user's most
+  recent interaction at test time while SASRec, GRU4Rec and R2Rec's chains do; a one-model ScoreBlend
+  (leaderboard row ItemKNN-history) is ItemKNN given what they are given.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.trainer import Trainer
+from recbole.utils import InputType
+
+from recbole_r2rec.chains import InteractionGraph, standardised
+from recbole_r2rec.config import ConfigError
+from recbole_r2rec.runner import CHECKPOINT_NAME
+from recbole_r2rec.sequential import SequentialEncoder, encoder_path
+
+# General models whose scores RecBole computes entirely in __init__, as training profile x an item-item
+# matrix (the attribute named here); building them is training them (Pop, by contrast, counts in
+# calculate_loss, and BPR or LightGCN learn user embeddings of training profiles only).
+ITEM_ITEM_MODELS = {"ItemKNN": "w", "EASE": "item_similarity"}
+
+
+class TrainingMatrix:
+    """What a general RecBole model reads from its dataset at construction (`num`, `inter_matrix`): the
+    training interactions of this (sequential) split, users x items, binary."""
+
+    def __init__(self, graph: InteractionGraph, uid_field: str, iid_field: str):
+        self.matrix = graph.matrix.astype(np.float32)
+        self._num = {uid_field: graph.matrix.shape[0], iid_field: graph.matrix.shape[1]}
+
+    def num(self, field: str) -> int:
+        return self._num[field]
+
+    def inter_matrix(self, form: str = "coo", value_field=None):
+        if value_field is not None:
+            raise ConfigError("ScoreBlend builds its item-item components on binary interactions only")
+        return sp.csr_matrix(self.matrix).asformat(form)
+
+
+def check_blend_config(config) -> None:
+    """Refuse, before any data is loaded, a blend that cannot be built."""
+    from recbole_r2rec.registry import get_model
+
+    models, weights = config["blend_models"], config["blend_weights"]
+    if not isinstance(models, (list, tuple)) or not models:
+        raise ConfigError(f"blend_models must be a non-empty list of model names, not {models!r}")
+    if not isinstance(weights, (list, tuple)) or len(weights) != len(models):
+        raise ConfigError(f"blend_weights must list one weight per model of blend_models {list(models)}, "
+                          f"not {weights!r}")
+    if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in weights) or not any(weights):
+        raise ConfigError(f"blend_weights must be numbers >= 0, not all 0, not {list(weights)}")
+    for name in models:
+        model_class = get_model(name)  # an unknown name fails here with the list of models
+        if name not in ITEM_ITEM_MODELS and not issubclass(model_class, SequentialRecommender):
+            raise ConfigError(f"ScoreBlend cannot blend {name}: a component is a sequential model (read from its "
+                              f"checkpoint) or one of the item-item models built from the training matrix "
+                              f"{list(ITEM_ITEM_MODELS)}")
+
+
+class ScoreBlend(SequentialRecommender):
+    """Scores = sum over components of weight x the component's scores standardised over each user's
+    candidates. Nothing to train: the components come trained (checkpoints) or are computed at build."""
+
+    input_type = InputType.POINTWISE
+
+    check_config = staticmethod(check_blend_config)
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        from recbole_r2rec.config import build_config
+        from recbole_r2rec.registry import get_model
+
+        check_blend_config(config)
+        self.weights = [float(w) for w in config["blend_weights"]]
+        checkpoints = config["blend_checkpoints"] or str(Path(config["checkpoint_dir"]) / CHECKPOINT_NAME)
+        self.components = []  # an item x item matrix (scipy) or a SequentialEncoder, per model
+        self.train_matrix = None  # users x items training matrix (binary), for the item-item components
+        for name in config["blend_models"]:
+            if name in ITEM_ITEM_MODELS:
+                if self.train_matrix is None:
+                    self.train_matrix = TrainingMatrix(InteractionGraph.from_training(dataset), self.USER_ID, self.ITEM_ID)
+                own = build_config(name, config["dataset"], overrides={"seed": config["seed"]})
+                if name == "ItemKNN" and own["knn_method"] != "item":
+                    raise ConfigError("ScoreBlend's ItemKNN scores item to item: its knn_method must be 'item'")
+                own["device"] = torch.device("cpu")
+                built = get_model(name)(own, self.train_matrix)
+                self.components.append(sp.csr_matrix(getattr(built, ITEM_ITEM_MODELS[name])))
+            else:
+                path = encoder_path(checkpoints, config["dataset"], config["seed"], model=name)
+                encoder = SequentialEncoder(path, config, dataset, model=name, key="blend_checkpoints")
+                if encoder.name != name:
+                    raise ConfigError(f"blend_checkpoints gave {path} for {name}, but it holds a {encoder.name}")
+                self.components.append(encoder)
+        self.fake_loss = torch.nn.Parameter(torch.zeros(1))  # RecBole's trainer wants a parameter
+
+    def calculate_loss(self, interaction):
+        raise NotImplementedError("ScoreBlend has nothing to train: its components are trained on their own")
+
+    def full_sort_predict(self, interaction):
+        raise ConfigError("ScoreBlend ranks candidate lists only (eval_args.mode uni19, the shared protocol)")
+
+    def profiles(self, interaction) -> sp.csr_matrix:
+        """Rows x items, binary: each row's user's training items and the history the row carries."""
+        seqs = interaction[self.ITEM_SEQ].cpu().numpy()
+        lens = interaction[self.ITEM_SEQ_LEN].cpu().numpy()
+        rows = np.repeat(np.arange(len(seqs)), lens)
+        cols = np.concatenate([seq[:n] for seq, n in zip(seqs, lens)]) if len(seqs) else np.zeros(0, int)
+        history = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
+                                shape=(len(seqs), self.train_matrix.matrix.shape[1]))
+        trained = self.train_matrix.matrix[interaction[self.USER_ID].cpu().numpy()]
+        return ((trained + history) > 0).astype(np.float32)
+
+    def component_scores(self, component, interaction, profiles) -> np.ndarray:
+        if isinstance(component, SequentialEncoder):
+            return np.asarray(component.predict(interaction), dtype=float)
+        items = interaction[self.ITEM_ID].cpu().numpy()
+        return np.asarray(profiles.multiply(component[:, items].T).sum(axis=1), dtype=float).ravel()
+
+    @torch.no_grad()
+    def predict(self, interaction):
+        """Scores of RecBole's flat (user, candidate) rows, in row order: each component's scores are
+        standardised over the rows of one user."""
+        device = interaction[self.USER_ID].device
+        interaction = interaction.to("cpu")
+        profiles = self.profiles(interaction) if self.train_matrix is not None else None
+        _, user_of_row = np.unique(interaction[self.USER_ID].numpy(), return_inverse=True)
+        per_user = np.split(np.argsort(user_of_row, kind="stable"), np.cumsum(np.bincount(user_of_row))[:-1])
+        total = np.zeros(len(user_of_row))
+        for component, weight in zip(self.components, self.weights):
+            if weight:
+                scores = self.component_scores(component, interaction, profiles)
+                for rows in per_user:
+                    total[rows] += weight * standardised(scores[rows])
+        return torch.as_tensor(total, dtype=torch.float32, device=device)
+
+
+class ScoreBlendTrainer(Trainer):
+    """RecBole's Trainer with nothing to fit: `fit` validates once, `evaluate` uses the model as built
+    (there is no checkpoint of ScoreBlend to reload; its components' checkpoints are read at build)."""
+
+    def _build_optimizer(self, **kwargs):
+        return None
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        result = self.evaluate(valid_data, show_progress=show_progress)
+        return result.get(self.valid_metric), result
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
