@@ -70,3 +70,15 @@ def in_tmp(tmp_path, monkeypatch):
 
 def tiny(**extra) -> dict:
     return {**TINY_OVERRIDES, **extra}
+
+
+def run_tiny_rows(models, data_path: str, folder) -> dict:
+    """`models` trained (3 epochs) and evaluated on the tiny dataset under the shared protocol, as the runner
+    saves them: {model: result}, checkpoints and result files in `folder` (also the working directory)."""
+    import os
+
+    from recbole_r2rec.runner import run
+
+    os.chdir(folder)
+    return {model: run(model, "tiny", overrides=tiny(data_path=data_path, epochs=3, checkpoint_dir=str(folder)),
+                       result_file=folder / f"{model}.json") for model in models}

@@ -3,7 +3,7 @@ leaderboard row, the blend is the weighted sum of standardised scores, and bad s
 import numpy as np
 import pytest
 
-from conftest import tiny
+from conftest import run_tiny_rows, tiny
 from recbole_r2rec import leaderboard as lb
 from recbole_r2rec.chains import standardised
 from recbole_r2rec.config import ConfigError, build_config
@@ -16,13 +16,8 @@ METRICS = ("hit@1", "hit@5", "ndcg@5", "mrr@10")
 @pytest.fixture(scope="module")
 def rows(tiny_data_path, tmp_path_factory):
     """ItemKNN and SASRec run as leaderboard rows on the tiny dataset (SASRec's checkpoint kept)."""
-    import os
-
     folder = tmp_path_factory.mktemp("blend")
-    os.chdir(folder)
-    results = {model: run(model, "tiny", overrides=tiny(data_path=tiny_data_path, epochs=3, checkpoint_dir=str(folder)),
-                          result_file=folder / f"{model}.json") for model in ("ItemKNN", "SASRec")}
-    return folder, results
+    return folder, run_tiny_rows(("ItemKNN", "SASRec"), tiny_data_path, folder)
 
 
 def _blend(tiny_data_path, folder, weights, models=("ItemKNN", "SASRec"), **extra):

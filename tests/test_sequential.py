@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import run_tiny_rows, tiny
 from recbole_r2rec.chains import standardised
 from recbole_r2rec.compat import load_recbole_checkpoint
 from recbole_r2rec.config import ConfigError, build_config
 from recbole_r2rec.model import R2Rec
-from recbole_r2rec.runner import run
 from recbole_r2rec.sequential import encoder_path
 from test_r2rec import _r2rec
 
@@ -19,13 +18,8 @@ METRICS = ("hit@1", "hit@5", "ndcg@5", "mrr@10")
 @pytest.fixture(scope="module")
 def trained(tiny_data_path, tmp_path_factory):
     """SASRec and BPR trained on the tiny dataset under the shared protocol, as the runner saves them."""
-    import os
-
     folder = tmp_path_factory.mktemp("sequential")
-    os.chdir(folder)
-    results = {model: run(model, "tiny", overrides=tiny(data_path=tiny_data_path, epochs=3, checkpoint_dir=str(folder)),
-                          result_file=folder / f"{model}.json") for model in ("SASRec", "BPR")}
-    return folder, results
+    return folder, run_tiny_rows(("SASRec", "BPR"), tiny_data_path, folder)
 
 
 def _blend(tiny_data_path, folder, weight, **extra):
