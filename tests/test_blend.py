@@ -65,6 +65,19 @@ def test_itemknn_is_its_rows_model_reading_the_history_the_sequential_models_rea
     assert alone["test_user_ranks"] != results["ItemKNN"]["test_user_ranks"]
 
 
+def test_ease_is_recboles_ease_built_on_the_same_training_interactions(tiny_data_path, rows):
+    from recbole.data import create_dataset
+
+    from recbole_r2rec.protocol import prepare_data
+    from recbole_r2rec.registry import get_model
+
+    model, _, interaction = _built(tiny_data_path, rows[0], ("EASE",), (1.0,))
+    general = build_config("EASE", "tiny", overrides=tiny(data_path=tiny_data_path))
+    ease = get_model("EASE")(general, prepare_data(general, create_dataset(general))[0]._dataset)
+    np.testing.assert_allclose(model.components[0].toarray(), np.asarray(ease.item_similarity), rtol=1e-5, atol=1e-6)
+    assert np.isfinite(model.predict(interaction).numpy()).all()
+
+
 def _built(tiny_data_path, folder, models, weights):
     from recbole.data import create_dataset
     from recbole.utils import init_seed
