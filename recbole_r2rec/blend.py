@@ -31,6 +31,7 @@ from recbole.utils import InputType
 
 from recbole_r2rec.chains import InteractionGraph, standardised
 from recbole_r2rec.config import ConfigError
+from recbole_r2rec.protocol import require_candidate_lists
 from recbole_r2rec.runner import CHECKPOINT_NAME
 from recbole_r2rec.sequential import SequentialEncoder, encoder_path
 
@@ -61,6 +62,7 @@ def check_blend_config(config) -> None:
     """Refuse, before any data is loaded, a blend that cannot be built."""
     from recbole_r2rec.registry import get_model
 
+    require_candidate_lists(config, "ScoreBlend", "standardises each component's scores over a user's candidates")
     models, weights = config["blend_models"], config["blend_weights"]
     if not isinstance(models, (list, tuple)) or not models:
         raise ConfigError(f"blend_models must be a non-empty list of model names, not {models!r}")
@@ -116,8 +118,8 @@ class ScoreBlend(SequentialRecommender):
     def calculate_loss(self, interaction):
         raise NotImplementedError("ScoreBlend has nothing to train: its components are trained on their own")
 
-    def full_sort_predict(self, interaction):
-        raise ConfigError("ScoreBlend ranks candidate lists only (eval_args.mode uni19, the shared protocol)")
+    def full_sort_predict(self, interaction):  # refused at configuration (check_blend_config)
+        raise NotImplementedError("ScoreBlend ranks candidate lists only (eval_args.mode uni19)")
 
     def profiles(self, interaction) -> sp.csr_matrix:
         """Rows x items, binary: each row's user's training items and the history the row carries."""

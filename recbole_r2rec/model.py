@@ -14,7 +14,7 @@ from recbole_r2rec import prompts
 from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph, check_evidence
 from recbole_r2rec.config import ConfigError
 from recbole_r2rec.llm import load_backbone
-from recbole_r2rec.protocol import ProtocolError, candidate_mode, candidate_order
+from recbole_r2rec.protocol import ProtocolError, candidate_order, require_candidate_lists
 from recbole_r2rec.scoring import (constrained_choice, continue_generation, evidence_fused, generate,
                                    score_candidates)
 from recbole_r2rec.sequential import SequentialEncoder, check_sequential, encoder_path, fused_strength
@@ -40,13 +40,7 @@ class R2Rec(SequentialRecommender):
     @staticmethod
     def check_config(config) -> None:
         """Refuse, before any data is loaded, what R2Rec cannot evaluate."""
-        for phase in ("valid", "test"):
-            if candidate_mode(config, phase) == "full":
-                raise ProtocolError(
-                    "R2Rec reads a candidate list, so all-item ranking (eval_args.mode: full) is not "
-                    "meaningful for it. Use the shared candidate protocol: "
-                    "eval_args: {mode: {valid: uni19, test: uni19}} (properties/overall.yaml)."
-                )
+        require_candidate_lists(config, "R2Rec", "reads a candidate list")
         history_len, cap = config["history_len"], config["MAX_ITEM_LIST_LENGTH"]
         if not is_count(history_len) or not 1 <= history_len <= cap:
             # RecBole keeps only the last MAX_ITEM_LIST_LENGTH items of a history: a longer history_len

@@ -37,6 +37,16 @@ def candidate_mode(config, phase: str) -> str:
     return mode[phase] if isinstance(mode, dict) else mode
 
 
+def require_candidate_lists(config, model: str, why: str) -> None:
+    """Refuse all-item ranking (eval_args.mode: full) for a model that scores candidate lists only."""
+    for phase in ("valid", "test"):
+        if candidate_mode(config, phase) == "full":
+            raise ProtocolError(
+                f"{model} {why}, so all-item ranking (eval_args.mode: full) is not meaningful for it. Use the "
+                "shared candidate protocol: eval_args: {mode: {valid: uni19, test: uni19}} (properties/overall.yaml)."
+            )
+
+
 def draw_negatives(rng: np.random.Generator, used: set, num: int, probs: np.ndarray) -> np.ndarray:
     """`num` distinct item ids drawn from `probs` (over ids 0..n-1, id 0 is padding), none in `used`."""
     available = int(np.count_nonzero(probs)) - len(used)  # seen items all have weight > 0

@@ -7,6 +7,7 @@ from conftest import run_tiny_rows, tiny
 from recbole_r2rec import leaderboard as lb
 from recbole_r2rec.chains import standardised
 from recbole_r2rec.config import ConfigError, build_config
+from recbole_r2rec.protocol import ProtocolError
 from recbole_r2rec.registry import UnknownModelError
 from recbole_r2rec.runner import run
 
@@ -125,6 +126,8 @@ def test_bad_blends_are_refused_before_any_data_is_read(tiny_data_path, rows):
         _blend(tiny_data_path, folder, (1, 1), models=("Pop", "SASRec"))
     with pytest.raises(UnknownModelError, match="Unknown model 'SASRek'"):
         _blend(tiny_data_path, folder, (1, 1), models=("ItemKNN", "SASRek"))
+    with pytest.raises(ProtocolError, match=r"ScoreBlend standardises .* all-item ranking .* uni19"):
+        _blend(tiny_data_path, folder, (1, 1), eval_args={"mode": "full"})
 
 
 def test_a_missing_component_checkpoint_says_which_model_to_train(tiny_data_path, rows):
