@@ -10,6 +10,8 @@ config key `sequential_weight` a does (recbole_r2rec/sequential.py). The encoder
 `--classical` adds the all-classical counterpart: `ItemKNN` (the leaderboard's row: RecBole's ItemKNN with
 the dataset's k and shrink, built on the general model's own training split) and `ItemKNN+<a>*<encoder>`,
 so a gain of the chains + encoder blend can be told from what any neighbourhood model + the encoder gets.
+(Since 2026-12-07 the leaderboard row ScoreBlend does this with per-user hits for paired tests; its ItemKNN
+also reads the history the sequential models read, which this bench's ItemKNN does not.)
 `--split test` reports the test users instead: only to read off weights chosen on validation.
 
     .venv/bin/python bench/sequential_blend.py --dataset ml-100k --seed 2020 \
