@@ -9,11 +9,14 @@ folder under --work_dir, so an interrupted grid resumes (finished cells are skip
     .venv/bin/python bench/baseline_grid.py --model ItemKNN --grid k=10,25,50,100,250,500,1000 \
         --grid shrink=0,100 --datasets lastfm --out results/analysis/baseline_grid-ItemKNN-lastfm.json
 
-The best setting of each dataset goes into properties/model/<Model>/<dataset>.yaml by hand, with its numbers.
+`--set KEY=VALUE` fixes a key for every cell of the grid (e.g. `--set 'blend_models=[ItemKNN,GRU4Rec]'`);
+`--model` may be a leaderboard row (properties/leaderboard.yaml). The best setting of each dataset goes into
+properties/model/<Model>/<dataset>.yaml (or the row) by hand, with its numbers.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import re
 import json
@@ -46,8 +49,10 @@ def setting_name(setting: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="a model or a leaderboard row (properties/leaderboard.yaml)")
     parser.add_argument("--grid", action="append", required=True, help="KEY=V1,V2,... (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a fixed override of every cell, not part of the grid (repeatable)")
     parser.add_argument("--datasets", default="ml-100k,lastfm,steam")
     parser.add_argument("--seeds", default="2020,2021,2022")
     parser.add_argument("--work_dir", type=Path, default=Path("saved/baseline_grid"))
@@ -55,11 +60,13 @@ def main():
     args = parser.parse_args()
     grid = parse_grid(args.grid)
     datasets, seeds = args.datasets.split(","), [int(s) for s in args.seeds.split(",")]
-    result = {"model": args.model, "grid": grid, "seeds": seeds, "split": "valid", "valid_hit@1": {}, "best": {}}
+    result = {"model": args.model, "grid": grid, "fixed": args.set, "seeds": seeds, "split": "valid", "valid_hit@1": {}, "best": {}}
     for values in itertools.product(*grid.values()):
         setting = dict(zip(grid, values))
-        folder = args.work_dir / f"{args.model}-{setting_name(setting)}"
-        run_grid([args.model], datasets, seeds, folder, [f"--{k}={v}" for k, v in setting.items()])
+        suffix = "-set" + hashlib.sha1("\n".join(args.set).encode()).hexdigest()[:8] if args.set else ""
+        folder = args.work_dir / f"{args.model}{suffix}-{setting_name(setting)}"  # other --set, other cells
+        run_grid([args.model], datasets, seeds, folder,
+                 [f"--{fixed}" for fixed in args.set] + [f"--{k}={v}" for k, v in setting.items()])
         cells, failures = load_cells(folder, [args.model], datasets, seeds)
         if failures:
             raise SystemExit(f"{folder}: failed cells {failures} (see their .error.txt)")
