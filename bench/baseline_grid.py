@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import re
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +61,9 @@ def main():
     grid = parse_grid(args.grid)
     datasets, seeds = args.datasets.split(","), [int(s) for s in args.seeds.split(",")]
     result = {"model": args.model, "grid": grid, "fixed": args.set, "seeds": seeds, "split": "valid", "valid_hit@1": {}, "best": {}}
+    suffix = "-set" + hashlib.sha1("\n".join(args.set).encode()).hexdigest()[:8] if args.set else ""
     for values in itertools.product(*grid.values()):
         setting = dict(zip(grid, values))
-        suffix = "-set" + hashlib.sha1("\n".join(args.set).encode()).hexdigest()[:8] if args.set else ""
         folder = args.work_dir / f"{args.model}{suffix}-{setting_name(setting)}"  # other --set, other cells
         run_grid([args.model], datasets, seeds, folder,
                  [f"--{fixed}" for fixed in args.set] + [f"--{k}={v}" for k, v in setting.items()])

@@ -29,9 +29,10 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.trainer import Trainer
 from recbole.utils import InputType
 
-from recbole_r2rec.chains import InteractionGraph, standardised
-from recbole_r2rec.config import ConfigError
+from recbole_r2rec.chains import interaction_matrix, standardised, training_interactions
+from recbole_r2rec.config import ConfigError, build_config
 from recbole_r2rec.protocol import require_candidate_lists
+from recbole_r2rec.registry import get_model
 from recbole_r2rec.runner import CHECKPOINT_NAME
 from recbole_r2rec.sequential import SequentialEncoder, encoder_path
 
@@ -45,9 +46,10 @@ class TrainingMatrix:
     """What a general RecBole model reads from its dataset at construction (`num`, `inter_matrix`): the
     training interactions of this (sequential) split, users x items, binary."""
 
-    def __init__(self, graph: InteractionGraph, uid_field: str, iid_field: str):
-        self.matrix = graph.matrix.astype(np.float32)
-        self._num = {uid_field: graph.matrix.shape[0], iid_field: graph.matrix.shape[1]}
+    def __init__(self, train_dataset):
+        user_items, _ = training_interactions(train_dataset)
+        self.matrix = interaction_matrix(user_items, train_dataset.user_num, train_dataset.item_num).astype(np.float32)
+        self._num = {train_dataset.uid_field: self.matrix.shape[0], train_dataset.iid_field: self.matrix.shape[1]}
 
     def num(self, field: str) -> int:
         return self._num[field]
@@ -55,13 +57,11 @@ class TrainingMatrix:
     def inter_matrix(self, form: str = "coo", value_field=None):
         if value_field is not None:
             raise ConfigError("ScoreBlend builds its item-item components on binary interactions only")
-        return sp.csr_matrix(self.matrix).asformat(form)
+        return self.matrix.asformat(form)
 
 
 def check_blend_config(config) -> None:
     """Refuse, before any data is loaded, a blend that cannot be built."""
-    from recbole_r2rec.registry import get_model
-
     require_candidate_lists(config, "ScoreBlend", "standardises each component's scores over a user's candidates")
     models, weights = config["blend_models"], config["blend_weights"]
     if not isinstance(models, (list, tuple)) or not models:
@@ -89,24 +89,21 @@ class ScoreBlend(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        from recbole_r2rec.config import build_config
-        from recbole_r2rec.registry import get_model
-
         check_blend_config(config)
         self.weights = [float(w) for w in config["blend_weights"]]
         checkpoints = config["blend_checkpoints"] or str(Path(config["checkpoint_dir"]) / CHECKPOINT_NAME)
-        self.components = []  # an item x item matrix (scipy) or a SequentialEncoder, per model
+        self.components = []  # an item x item matrix (scipy CSC: columns are read) or a SequentialEncoder
         self.train_matrix = None  # users x items training matrix (binary), for the item-item components
         for name in config["blend_models"]:
             if name in ITEM_ITEM_MODELS:
                 if self.train_matrix is None:
-                    self.train_matrix = TrainingMatrix(InteractionGraph.from_training(dataset), self.USER_ID, self.ITEM_ID)
+                    self.train_matrix = TrainingMatrix(dataset)
                 own = build_config(name, config["dataset"], overrides={"seed": config["seed"]})
                 if name == "ItemKNN" and own["knn_method"] != "item":
                     raise ConfigError("ScoreBlend's ItemKNN scores item to item: its knn_method must be 'item'")
                 own["device"] = torch.device("cpu")
                 built = get_model(name)(own, self.train_matrix)
-                self.components.append(sp.csr_matrix(getattr(built, ITEM_ITEM_MODELS[name])))
+                self.components.append(sp.csc_matrix(getattr(built, ITEM_ITEM_MODELS[name])))
             else:
                 path = encoder_path(checkpoints, config["dataset"], config["seed"], model=name)
                 encoder = SequentialEncoder(path, config, dataset, model=name, key="blend_checkpoints")

@@ -108,14 +108,42 @@ def check_evidence(recency: float, window: int, unordered: float, popularity: fl
     check_regularised(regularised, penalty, regularised_recency)
 
 
+def training_interactions(train_dataset) -> tuple:
+    """(user -> set of items, user -> training items in time order) from RecBole's training split: every
+    item of a user's training rows (histories and targets); the sequences only for sequential data."""
+    uid, iid = train_dataset.uid_field, train_dataset.iid_field
+    inter = train_dataset.inter_feat
+    user_items: dict = {}
+    sequences: dict = {}
+    users = inter[uid].tolist()
+    targets = inter[iid].tolist()
+    seq_field = iid + train_dataset.config["LIST_SUFFIX"]
+    ordered = seq_field in inter.interaction  # sequential data: rows carry the history in time order
+    histories = inter[seq_field].tolist() if ordered else [[]] * len(users)
+    for u, t, h in zip(users, targets, histories):
+        items = user_items.setdefault(u, set())
+        items.add(t)
+        items.update(i for i in h if i)
+        if ordered:  # a user's rows come in time order: its first history, then each target
+            if u not in sequences:
+                sequences[u] = [i for i in h if i]
+            sequences[u].append(t)
+    return user_items, sequences
+
+
+def interaction_matrix(user_items: dict, n_users: int, n_items: int) -> sp.csr_matrix:
+    """Users x items, 1 where the user chose the item (int32)."""
+    rows = [u for u, items in user_items.items() for _ in items]
+    cols = [i for items in user_items.values() for i in items]
+    return sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(n_users, n_items))
+
+
 class InteractionGraph:
     """Users x items of the training split, indexed once (sparse), with co-interaction counts."""
 
     def __init__(self, user_items: dict, n_users: int, n_items: int, held_out: dict | None = None,
                  sequences: dict | None = None):
-        rows = [u for u, items in user_items.items() for _ in items]
-        cols = [i for items in user_items.values() for i in items]
-        self.matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(n_users, n_items))
+        self.matrix = interaction_matrix(user_items, n_users, n_items)
         self.by_item = self.matrix.T.tocsr()
         self.co = (self.matrix @ self.matrix.T).tocsr()  # co[u, v] = items u and v share
         self.popularity = np.asarray(self.by_item.sum(axis=1)).ravel()  # users per item
@@ -129,23 +157,7 @@ class InteractionGraph:
     def from_training(cls, train_dataset, seen: dict | None = None):
         """From RecBole's training split: every item of a user's training rows (histories and targets).
         `seen` (user -> all items in any split, see `protocol.seen_items`) marks the rest as held out."""
-        uid, iid = train_dataset.uid_field, train_dataset.iid_field
-        inter = train_dataset.inter_feat
-        user_items: dict = {}
-        sequences: dict = {}
-        users = inter[uid].tolist()
-        targets = inter[iid].tolist()
-        seq_field = iid + train_dataset.config["LIST_SUFFIX"]
-        ordered = seq_field in inter.interaction  # sequential data: rows carry the history in time order
-        histories = inter[seq_field].tolist() if ordered else [[]] * len(users)
-        for u, t, h in zip(users, targets, histories):
-            items = user_items.setdefault(u, set())
-            items.add(t)
-            items.update(i for i in h if i)
-            if ordered:  # a user's rows come in time order: its first history, then each target
-                if u not in sequences:
-                    sequences[u] = [i for i in h if i]
-                sequences[u].append(t)
+        user_items, sequences = training_interactions(train_dataset)
         held_out = {u: items - user_items.get(u, set()) for u, items in (seen or {}).items()}
         return cls(user_items, train_dataset.user_num, train_dataset.item_num, held_out, sequences)
 

@@ -56,13 +56,13 @@ def test_itemknn_is_its_rows_model_reading_the_history_the_sequential_models_rea
     assert alone["best_valid_result"]["hit@1"] == results["ItemKNN"]["best_valid_result"]["hit@1"]
     test_history = dict(zip(*(test._dataset.inter_feat[f].tolist() for f in ("user_id", "item_id_list"))))
     users, items = interaction["user_id"].numpy(), interaction["item_id"].numpy()
+    trained = row_train._dataset.inter_matrix(form="csr")
     scores = model.component_scores(model.components[0], interaction, model.profiles(interaction))
     for row in range(0, len(users), 7):
-        profile = set(row_train._dataset.inter_matrix(form="csr")[users[row]].indices) | {
-            i for i in test_history[users[row]] if i}
+        profile = set(trained[users[row]].indices) | {i for i in test_history[users[row]] if i}
         assert scores[row] == pytest.approx(float(row_model.w[sorted(profile), items[row]].sum()), rel=1e-5)
     last = {u: [i for i in seq if i][-1] for u, seq in test_history.items()}  # the validation item
-    assert any(last[u] not in row_train._dataset.inter_matrix(form="csr")[u].indices for u in set(users))
+    assert any(last[u] not in trained[u].indices for u in set(users))
     assert alone["test_user_ranks"] != results["ItemKNN"]["test_user_ranks"]
 
 
