@@ -16,7 +16,9 @@ Components, in `blend_models`:
   training items *and the history the sequential models read* (at test time that includes the validation
   item). RecBole's general models see the training items only, so the ItemKNN row never uses a user's most
   recent interaction at test time while SASRec, GRU4Rec and R2Rec's chains do; a one-model ScoreBlend
-  (leaderboard row ItemKNN-history) is ItemKNN given what they are given.
+  (leaderboard row ItemKNN-history) is ItemKNN given what they are given;
+- a graph model read from its checkpoint and folded in (`FOLD_IN_MODELS`: LightGCN): its items as trained,
+  each user propagated again from the same profile (training items + that history). Row LightGCN-history.
 """
 from __future__ import annotations
 
@@ -27,19 +29,22 @@ import scipy.sparse as sp
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.trainer import Trainer
-from recbole.utils import InputType
+from recbole.utils import InputType, ModelType
 
 from recbole_r2rec.chains import interaction_matrix, standardised, training_interactions
 from recbole_r2rec.config import ConfigError, build_config
 from recbole_r2rec.protocol import require_candidate_lists
 from recbole_r2rec.registry import get_model
 from recbole_r2rec.runner import CHECKPOINT_NAME
-from recbole_r2rec.sequential import SequentialEncoder, encoder_path
+from recbole_r2rec.sequential import SequentialEncoder, encoder_path, trained_model
 
 # General models whose scores RecBole computes entirely in __init__, as training profile x an item-item
 # matrix (the attribute named here); building them is training them (Pop, by contrast, counts in
 # calculate_loss, and BPR or LightGCN learn user embeddings of training profiles only).
 ITEM_ITEM_MODELS = {"ItemKNN": "w", "EASE": "item_similarity"}
+# General models read from their checkpoints whose user representation is a function of the user's items,
+# so it can be computed again from another profile without training (BPR's user embedding is a free parameter).
+FOLD_IN_MODELS = ("LightGCN",)
 
 
 class TrainingMatrix:
@@ -60,6 +65,38 @@ class TrainingMatrix:
         return self.matrix.asformat(form)
 
 
+class LightGCNFoldIn:
+    """A trained LightGCN (RecBole's, from its checkpoint) whose users are propagated again from a profile.
+
+    LightGCN's user embedding is the mean over layers k = 0..K of e_u^(k), with e_u^(k+1) = sum over the
+    user's items i of e_i^(k) / sqrt(d_u d_i). The items' layers are taken as trained on the training graph;
+    each user's are recomputed from the profile given (d_u: its size). With the user's training items as the
+    profile this is LightGCN's own forward pass (tests pin it), so only what the profile adds changes a score.
+    """
+
+    def __init__(self, path: Path, config, train_matrix: TrainingMatrix, key: str):
+        model, _ = trained_model(path, config, train_matrix, "LightGCN", key, ModelType.GENERAL)
+        if not isinstance(model, get_model("LightGCN")):
+            raise ConfigError(f"{key} gave {path} for LightGCN, but it holds a {type(model).__name__}")
+        with torch.no_grad():
+            layers = [model.get_ego_embeddings()]
+            for _ in range(model.n_layers):
+                layers.append(torch.sparse.mm(model.norm_adj_matrix, layers[-1]))
+        layers = [layer.cpu().numpy().astype(np.float64) for layer in layers]
+        n_users = model.n_users
+        self.user_ego = layers[0][:n_users]
+        item_layers = [layer[n_users:] for layer in layers]
+        self.items = np.mean(item_layers, axis=0)
+        degree = np.maximum(np.asarray(train_matrix.matrix.sum(axis=0)).ravel(), 1) + 1e-7  # as RecBole's
+        self.scaled_item_layers = [layer / np.sqrt(degree)[:, None] for layer in item_layers[:-1]]
+
+    def scores(self, users: np.ndarray, items: np.ndarray, profiles: sp.csr_matrix) -> np.ndarray:
+        user_degree = np.asarray(profiles.sum(axis=1)).ravel() + 1e-7
+        layers = [self.user_ego[users]] + [(profiles @ layer) / np.sqrt(user_degree)[:, None]
+                                           for layer in self.scaled_item_layers]
+        return (np.mean(layers, axis=0) * self.items[items]).sum(axis=1)
+
+
 def check_blend_config(config) -> None:
     """Refuse, before any data is loaded, a blend that cannot be built."""
     require_candidate_lists(config, "ScoreBlend", "standardises each component's scores over a user's candidates")
@@ -73,10 +110,12 @@ def check_blend_config(config) -> None:
         raise ConfigError(f"blend_weights must be numbers >= 0, not all 0, not {list(weights)}")
     for name in models:
         model_class = get_model(name)  # an unknown name fails here with the list of models
-        if name not in ITEM_ITEM_MODELS and not issubclass(model_class, SequentialRecommender):
+        if (name not in ITEM_ITEM_MODELS and name not in FOLD_IN_MODELS
+                and not issubclass(model_class, SequentialRecommender)):
             raise ConfigError(f"ScoreBlend cannot blend {name}: a component is a sequential model (read from its "
-                              f"checkpoint) or one of the item-item models built from the training matrix "
-                              f"{list(ITEM_ITEM_MODELS)}")
+                              f"checkpoint), one of the item-item models built from the training matrix "
+                              f"{list(ITEM_ITEM_MODELS)} or a general model folded in from its checkpoint "
+                              f"{list(FOLD_IN_MODELS)}")
 
 
 class ScoreBlend(SequentialRecommender):
@@ -92,12 +131,16 @@ class ScoreBlend(SequentialRecommender):
         check_blend_config(config)
         self.weights = [float(w) for w in config["blend_weights"]]
         checkpoints = config["blend_checkpoints"] or str(Path(config["checkpoint_dir"]) / CHECKPOINT_NAME)
-        self.components = []  # an item x item matrix (scipy CSC: columns are read) or a SequentialEncoder
-        self.train_matrix = None  # users x items training matrix (binary), for the item-item components
+        # each: an item x item matrix (scipy CSC: columns are read), a LightGCNFoldIn or a SequentialEncoder
+        self.components = []
+        # users x items training matrix (binary), for the components that score from a profile
+        profiled = [name for name in config["blend_models"] if name in ITEM_ITEM_MODELS or name in FOLD_IN_MODELS]
+        self.train_matrix = TrainingMatrix(dataset) if profiled else None
         for name in config["blend_models"]:
-            if name in ITEM_ITEM_MODELS:
-                if self.train_matrix is None:
-                    self.train_matrix = TrainingMatrix(dataset)
+            if name in FOLD_IN_MODELS:
+                path = encoder_path(checkpoints, config["dataset"], config["seed"], model=name)
+                self.components.append(LightGCNFoldIn(path, config, self.train_matrix, key="blend_checkpoints"))
+            elif name in ITEM_ITEM_MODELS:
                 own = build_config(name, config["dataset"], overrides={"seed": config["seed"]})
                 if name == "ItemKNN" and own["knn_method"] != "item":
                     raise ConfigError("ScoreBlend's ItemKNN scores item to item: its knn_method must be 'item'")
@@ -133,6 +176,8 @@ class ScoreBlend(SequentialRecommender):
         if isinstance(component, SequentialEncoder):
             return np.asarray(component.predict(interaction), dtype=float)
         items = interaction[self.ITEM_ID].cpu().numpy()
+        if isinstance(component, LightGCNFoldIn):
+            return component.scores(interaction[self.USER_ID].cpu().numpy(), items, profiles)
         return np.asarray(profiles.multiply(component[:, items].T).sum(axis=1), dtype=float).ravel()
 
     @torch.no_grad()

@@ -47,35 +47,43 @@ def check_sequential(weight: float, template) -> None:
                           "model trained under the shared protocol, e.g. saved/sequential/SASRec-{dataset}-seed{seed}.pth")
 
 
+def trained_model(path: Path, config, dataset, model: str, key: str, model_type: ModelType):
+    """A RecBole model of `model_type` rebuilt on `dataset` from the checkpoint at `path`, in eval mode, and the
+    config it was trained with. Errors name the config `key` that gave `path` and the `model` to train."""
+    if not path.is_file():
+        raise ConfigError(
+            f"{key} {path} does not exist: train it under the shared protocol first, e.g. "
+            f"run_recbole_r2rec.py --model={model} --dataset={config['dataset']} --seed={config['seed']} "
+            f"--checkpoint_dir={path.parent}")
+    checkpoint = load_recbole_checkpoint(path)
+    own = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if own is None or "state_dict" not in checkpoint:
+        raise ConfigError(f"{key} {path} is not a RecBole checkpoint (no config / state_dict)")
+    if own["dataset"] != config["dataset"]:
+        raise ConfigError(f"{key} {path} was trained on {own['dataset']!r}, not {config['dataset']!r}")
+    if own["MODEL_TYPE"] != model_type:
+        raise ConfigError(f"{key} {path} is a {own['model']} ({own['MODEL_TYPE'].name.lower()}) model, "
+                          f"where a {model_type.name.lower()} one is needed")
+    if "device" in config:  # this run's device, not the one it was trained on
+        own["device"] = config["device"]
+    built = get_model(own["model"])(own, dataset)
+    try:
+        built.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise ConfigError(f"{key} {path} does not fit this dataset's items (trained with other "
+                          f"filtering?): {str(error).splitlines()[0]}") from None
+    logger.info(f"{key}: {own['model']} from {path} (seed {own['seed']})")
+    return built.eval(), own
+
+
 class SequentialEncoder:
     """A RecBole sequential model loaded from its checkpoint, scoring (history, candidate) rows. Not an
     `nn.Module` attribute of R2Rec on purpose: its weights are not R2Rec's and are never saved with it."""
 
     def __init__(self, path: Path, config, dataset, model: str = "SASRec", key: str = "sequential_encoder"):
-        if not path.is_file():  # messages name the config `key` that gave `path` and the `model` to train
-            raise ConfigError(
-                f"{key} {path} does not exist: train it under the shared protocol first, e.g. "
-                f"run_recbole_r2rec.py --model={model} --dataset={config['dataset']} --seed={config['seed']} "
-                f"--checkpoint_dir={path.parent}")
-        checkpoint = load_recbole_checkpoint(path)
-        own = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-        if own is None or "state_dict" not in checkpoint:
-            raise ConfigError(f"{key} {path} is not a RecBole checkpoint (no config / state_dict)")
-        if own["dataset"] != config["dataset"]:
-            raise ConfigError(f"{key} {path} was trained on {own['dataset']!r}, not {config['dataset']!r}")
-        if own["MODEL_TYPE"] != ModelType.SEQUENTIAL:
-            raise ConfigError(f"{key} {path} is a {own['model']} ({own['MODEL_TYPE'].name.lower()}) "
-                              "model: only sequential models score a history")
+        self.model, own = trained_model(path, config, dataset, model, key, ModelType.SEQUENTIAL)
         self.name = own["model"]
-        self.model = get_model(self.name)(own, dataset)
-        try:
-            self.model.load_state_dict(checkpoint["state_dict"])
-        except RuntimeError as error:
-            raise ConfigError(f"{key} {path} does not fit this dataset's items (trained with other "
-                              f"filtering?): {str(error).splitlines()[0]}") from None
-        self.model.eval()
         self.fields = (own["ITEM_ID_FIELD"], self.model.ITEM_SEQ, self.model.ITEM_SEQ_LEN)
-        logger.info(f"sequential encoder: {self.name} from {path} (seed {own['seed']})")
 
     @torch.no_grad()
     def predict(self, interaction) -> np.ndarray:

@@ -16,9 +16,9 @@ METRICS = ("hit@1", "hit@5", "ndcg@5", "mrr@10")
 
 @pytest.fixture(scope="module")
 def rows(tiny_data_path, tmp_path_factory):
-    """ItemKNN and SASRec run as leaderboard rows on the tiny dataset (SASRec's checkpoint kept)."""
+    """ItemKNN, SASRec and LightGCN run as leaderboard rows on the tiny dataset (checkpoints kept)."""
     folder = tmp_path_factory.mktemp("blend")
-    return folder, run_tiny_rows(("ItemKNN", "SASRec"), tiny_data_path, folder)
+    return folder, run_tiny_rows(("ItemKNN", "SASRec", "LightGCN"), tiny_data_path, folder)
 
 
 def _blend(tiny_data_path, folder, weights, models=("ItemKNN", "SASRec"), **extra):
@@ -79,6 +79,38 @@ def test_ease_is_recboles_ease_built_on_the_same_training_interactions(tiny_data
     assert np.isfinite(model.predict(interaction).numpy()).all()
 
 
+def test_lightgcn_folded_in_is_its_row_on_training_items_and_reads_the_history_at_test(tiny_data_path, rows):
+    # the fold-in recomputes a user's LightGCN embedding from a profile: from the user's training items it is
+    # RecBole's LightGCN forward pass (the row's checkpoint on the general split), so validation is the row's;
+    # at test time the profile also holds the validation item, and the ranks move
+    import torch
+    from recbole.data import create_dataset
+
+    from recbole_r2rec.compat import load_recbole_checkpoint
+    from recbole_r2rec.protocol import prepare_data
+    from recbole_r2rec.registry import get_model
+
+    folder, results = rows
+    model, _, interaction = _built(tiny_data_path, folder, ("LightGCN",), (1.0,))
+    general = build_config("LightGCN", "tiny", overrides=tiny(data_path=tiny_data_path))
+    row_train = prepare_data(general, create_dataset(general))[0]._dataset
+    row_model = get_model("LightGCN")(general, row_train)
+    row_model.load_state_dict(load_recbole_checkpoint(folder / "LightGCN-tiny-seed2020.pth")["state_dict"])
+    users, items = interaction["user_id"].numpy(), interaction["item_id"].numpy()
+    trained = row_train.inter_matrix(form="csr").astype(np.float32)
+    with torch.no_grad():
+        expected = row_model.eval().predict(interaction).numpy()
+    np.testing.assert_allclose(model.components[0].scores(users, items, trained[users]), expected, rtol=1e-4, atol=1e-5)
+    profiles = model.profiles(interaction)
+    assert (profiles - trained[users]).min() >= 0 and (profiles - trained[users]).nnz > 0  # history added
+    moved = model.component_scores(model.components[0], interaction, profiles)
+    assert not np.allclose(moved, expected, atol=1e-4)
+    alone = _blend(tiny_data_path, folder, (1.0,), models=("LightGCN",))
+    assert alone["candidates_sha256"] == results["LightGCN"]["candidates_sha256"]
+    assert alone["best_valid_result"]["hit@1"] == results["LightGCN"]["best_valid_result"]["hit@1"]
+    assert alone["test_user_ranks"] != results["LightGCN"]["test_user_ranks"]
+
+
 def _built(tiny_data_path, folder, models, weights):
     from recbole.data import create_dataset
     from recbole.utils import init_seed
@@ -122,8 +154,10 @@ def test_bad_blends_are_refused_before_any_data_is_read(tiny_data_path, rows):
     with pytest.raises(ConfigError, match=r"not all 0"):
         _blend(tiny_data_path, folder, (0, 0))
     with pytest.raises(ConfigError, match=r"cannot blend Pop: a component is a sequential model .* "
-                                          r"\['ItemKNN', 'EASE'\]"):
+                                          r"\['ItemKNN', 'EASE'\] or a general model folded in .* \['LightGCN'\]"):
         _blend(tiny_data_path, folder, (1, 1), models=("Pop", "SASRec"))
+    with pytest.raises(ConfigError, match=r"cannot blend BPR"):
+        _blend(tiny_data_path, folder, (1, 1), models=("BPR", "SASRec"))
     with pytest.raises(UnknownModelError, match="Unknown model 'SASRek'"):
         _blend(tiny_data_path, folder, (1, 1), models=("ItemKNN", "SASRek"))
     with pytest.raises(ProtocolError, match=r"ScoreBlend standardises .* all-item ranking .* uni19"):

@@ -79,7 +79,7 @@ def test_a_missing_checkpoint_says_how_to_train_it(tiny_data_path, tmp_path):
 
 def test_bad_encoders_and_weights_are_config_errors(tiny_data_path, trained, tmp_path):
     folder, _ = trained
-    with pytest.raises(ConfigError, match=r"BPR \(general\) model: only sequential models score a history"):
+    with pytest.raises(ConfigError, match=r"BPR \(general\) model, where a sequential one is needed"):
         _blend(tiny_data_path, folder, 1.0, sequential_encoder=str(folder / "BPR-tiny-seed2020.pth"))
     other = load_recbole_checkpoint(folder / "SASRec-tiny-seed2020.pth")
     other["config"]["dataset"] = "ml-100k"
