@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the same users for every model). Rows may be variants from properties/leaderboard.yaml "
         "(R2Rec-zs, R2Rec-sft, R2Rec).")
     board.add_argument("--leaderboard", action="store_true", help="run the grid, then write the report")
-    board.add_argument("--models", default="Pop,ItemKNN,ItemKNN-history,SASRec,GRU4Rec,Caser,BERT4Rec,BPR,LightGCN,LightGCN-history,"
-                       "ScoreBlend,R2Rec-zs,R2Rec-sft,R2Rec",
+    board.add_argument("--models", default="Pop,ItemKNN,ItemKNN-history,SASRec,GRU4Rec,Caser,BERT4Rec,BPR,LightGCN,"
+                       "LightGCN-history,ScoreBlend,R2Rec-zs,R2Rec-sft,R2Rec",
                        help="comma-separated rows (default: %(default)s)")
     board.add_argument("--datasets", default="ml-100k,lastfm,steam", help="(default: %(default)s)")
     board.add_argument("--seeds", default="2020,2021,2022", help="(default: %(default)s)")
