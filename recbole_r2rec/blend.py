@@ -69,9 +69,12 @@ class LightGCNFoldIn:
     """A trained LightGCN (RecBole's, from its checkpoint) whose users are propagated again from a profile.
 
     LightGCN's user embedding is the mean over layers k = 0..K of e_u^(k), with e_u^(k+1) = sum over the
-    user's items i of e_i^(k) / sqrt(d_u d_i). The items' layers are taken as trained on the training graph;
-    each user's are recomputed from the profile given (d_u: its size). With the user's training items as the
-    profile this is LightGCN's own forward pass (tests pin it), so only what the profile adds changes a score.
+    user's items i of e_i^(k) / sqrt(d_u d_i). The items' layers are propagated from the trained embeddings
+    on this split's training graph; each user's are recomputed from the profile given (d_u: its size). With
+    the user's training items as the profile this is LightGCN's own forward pass (tests pin it), so only what
+    the profile adds changes a score. (Where RecBole's sequential split keeps more training interactions than
+    the general one LightGCN was trained on, as for steam users with 3 interactions, the graph has those too,
+    as ItemKNN-history's matrix does.)
     """
 
     def __init__(self, path: Path, config, train_matrix: TrainingMatrix, key: str):
