@@ -60,7 +60,8 @@ def main():
     args = parser.parse_args()
     grid = parse_grid(args.grid)
     datasets, seeds = args.datasets.split(","), [int(s) for s in args.seeds.split(",")]
-    result = {"model": args.model, "grid": grid, "fixed": args.set, "seeds": seeds, "split": "valid", "valid_hit@1": {}, "best": {}}
+    result = {"model": args.model, "grid": grid, "fixed": args.set, "seeds": seeds, "split": "valid",
+              "valid_hit@1": {}, "best": {}}
     suffix = "-set" + hashlib.sha1("\n".join(args.set).encode()).hexdigest()[:8] if args.set else ""
     for values in itertools.product(*grid.values()):
         setting = dict(zip(grid, values))

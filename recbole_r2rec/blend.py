@@ -78,9 +78,7 @@ class LightGCNFoldIn:
     """
 
     def __init__(self, path: Path, config, train_matrix: TrainingMatrix, key: str):
-        model, _ = trained_model(path, config, train_matrix, "LightGCN", key, ModelType.GENERAL)
-        if not isinstance(model, get_model("LightGCN")):
-            raise ConfigError(f"{key} gave {path} for LightGCN, but it holds a {type(model).__name__}")
+        model, _ = trained_model(path, config, train_matrix, "LightGCN", key, ModelType.GENERAL, exact=True)
         with torch.no_grad():
             layers = [model.get_ego_embeddings()]
             for _ in range(model.n_layers):
@@ -137,25 +135,21 @@ class ScoreBlend(SequentialRecommender):
         # each: an item x item matrix (scipy CSC: columns are read), a LightGCNFoldIn or a SequentialEncoder
         self.components = []
         # users x items training matrix (binary), for the components that score from a profile
-        profiled = [name for name in config["blend_models"] if name in ITEM_ITEM_MODELS or name in FOLD_IN_MODELS]
+        profiled = any(name in ITEM_ITEM_MODELS or name in FOLD_IN_MODELS for name in config["blend_models"])
         self.train_matrix = TrainingMatrix(dataset) if profiled else None
         for name in config["blend_models"]:
-            if name in FOLD_IN_MODELS:
-                path = encoder_path(checkpoints, config["dataset"], config["seed"], model=name)
-                self.components.append(LightGCNFoldIn(path, config, self.train_matrix, key="blend_checkpoints"))
-            elif name in ITEM_ITEM_MODELS:
+            if name in ITEM_ITEM_MODELS:
                 own = build_config(name, config["dataset"], overrides={"seed": config["seed"]})
                 if name == "ItemKNN" and own["knn_method"] != "item":
                     raise ConfigError("ScoreBlend's ItemKNN scores item to item: its knn_method must be 'item'")
                 own["device"] = torch.device("cpu")
                 built = get_model(name)(own, self.train_matrix)
                 self.components.append(sp.csc_matrix(getattr(built, ITEM_ITEM_MODELS[name])))
-            else:
-                path = encoder_path(checkpoints, config["dataset"], config["seed"], model=name)
-                encoder = SequentialEncoder(path, config, dataset, model=name, key="blend_checkpoints")
-                if encoder.name != name:
-                    raise ConfigError(f"blend_checkpoints gave {path} for {name}, but it holds a {encoder.name}")
-                self.components.append(encoder)
+                continue
+            path = encoder_path(checkpoints, config["dataset"], config["seed"], model=name)
+            self.components.append(
+                LightGCNFoldIn(path, config, self.train_matrix, key="blend_checkpoints") if name in FOLD_IN_MODELS
+                else SequentialEncoder(path, config, dataset, model=name, key="blend_checkpoints", exact=True))
         self.fake_loss = torch.nn.Parameter(torch.zeros(1))  # RecBole's trainer wants a parameter
 
     def calculate_loss(self, interaction):

@@ -47,9 +47,10 @@ def check_sequential(weight: float, template) -> None:
                           "model trained under the shared protocol, e.g. saved/sequential/SASRec-{dataset}-seed{seed}.pth")
 
 
-def trained_model(path: Path, config, dataset, model: str, key: str, model_type: ModelType):
+def trained_model(path: Path, config, dataset, model: str, key: str, model_type: ModelType, exact: bool = False):
     """A RecBole model of `model_type` rebuilt on `dataset` from the checkpoint at `path`, in eval mode, and the
-    config it was trained with. Errors name the config `key` that gave `path` and the `model` to train."""
+    config it was trained with. Errors name the config `key` that gave `path` and the `model` to train; with
+    `exact` the checkpoint must hold that `model` (otherwise any model of the type)."""
     if not path.is_file():
         raise ConfigError(
             f"{key} {path} does not exist: train it under the shared protocol first, e.g. "
@@ -64,6 +65,8 @@ def trained_model(path: Path, config, dataset, model: str, key: str, model_type:
     if own["MODEL_TYPE"] != model_type:
         raise ConfigError(f"{key} {path} is a {own['model']} ({own['MODEL_TYPE'].name.lower()}) model, "
                           f"where a {model_type.name.lower()} one is needed")
+    if exact and own["model"] != model:
+        raise ConfigError(f"{key} gave {path} for {model}, but it holds a {own['model']}")
     if "device" in config:  # this run's device, not the one it was trained on
         own["device"] = config["device"]
     built = get_model(own["model"])(own, dataset)
@@ -80,8 +83,9 @@ class SequentialEncoder:
     """A RecBole sequential model loaded from its checkpoint, scoring (history, candidate) rows. Not an
     `nn.Module` attribute of R2Rec on purpose: its weights are not R2Rec's and are never saved with it."""
 
-    def __init__(self, path: Path, config, dataset, model: str = "SASRec", key: str = "sequential_encoder"):
-        self.model, own = trained_model(path, config, dataset, model, key, ModelType.SEQUENTIAL)
+    def __init__(self, path: Path, config, dataset, model: str = "SASRec", key: str = "sequential_encoder",
+                 exact: bool = False):
+        self.model, own = trained_model(path, config, dataset, model, key, ModelType.SEQUENTIAL, exact)
         self.name = own["model"]
         self.fields = (own["ITEM_ID_FIELD"], self.model.ITEM_SEQ, self.model.ITEM_SEQ_LEN)
 
