@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from recbole.data import create_dataset
 
 from recbole_r2rec import prompts
@@ -52,3 +54,27 @@ def split_users(split, history_len: int, with_sequence: bool = False):
         seq, length = inter["item_id_list"][k].numpy(), int(inter["item_length"][k])
         row = (user, target, prompts.history_ids(seq, length, history_len), list(split.candidates[user]))
         yield row + (seq, length) if with_sequence else row
+
+
+class ValidationHits:
+    """Hit@1 per named ranking over the validation users, ties broken at random (seeded, as the evaluator
+    breaks them), and the ranked result file the evidence benchmarks write."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng([seed, 5])
+        self.hits: dict = {}
+
+    def add(self, scores: dict, shown, target: int) -> None:
+        shown = np.asarray(shown)
+        ties = self.rng.random(len(shown))
+        for name, score in scores.items():
+            self.hits.setdefault(name, []).append(float(shown[np.lexsort((ties, -np.asarray(score)))[0]] == target))
+
+    def write(self, args, reference: str) -> dict:
+        """Writes {dataset, seed, split, users, hit@1 best first} to `args.out`; prints `reference` and the best."""
+        hit1 = {name: round(float(np.mean(h)), 4) for name, h in self.hits.items()}
+        result = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": len(self.hits[reference]),
+                  "hit@1": dict(sorted(hit1.items(), key=lambda item: -item[1]))}
+        write_result(args.out, result)
+        print(reference, hit1[reference], "| best:", list(result["hit@1"].items())[:5])
+        return result

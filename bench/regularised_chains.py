@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from recbole_r2rec.chains import InteractionGraph, standardised
 
-from evidence_setup import CHAIN_KEYS, evidence_parser, evidence_setup, split_users, write_result
+from evidence_setup import CHAIN_KEYS, ValidationHits, evidence_parser, evidence_setup, split_users
 
 
 def past_to_future(graph: InteractionGraph, n_items: int, penalty: float, past: int, future: int,
@@ -57,8 +57,7 @@ def main():
     penalties = [float(p) for p in args.ease.split(",")] if args.ease else []
     ridges = {f"ridge{p:g},dp{decay}": past_to_future(graph, n_items, p, args.past, args.future, decay)
               for p in (float(p) for p in args.ridge.split(",") if p) for decay in (0.8, 0.95)}
-    rng = np.random.default_rng([args.seed, 5])
-    hits: dict = {}
+    hits = ValidationHits(args.seed)
     for user, target, history, shown in split_users(valid, args.history_len):
         shown = np.asarray(shown, dtype=np.int64)
         base = np.asarray(graph.chain_strength(user, history, list(shown), *(own[key] for key in CHAIN_KEYS)), float)
@@ -77,14 +76,8 @@ def main():
             scores[label] = score
             for a in (0.25, 0.5, 1.0, 2.0):
                 scores[f"default+{a}*{label}"] = standardised(base) + a * standardised(score)
-        tie_break = rng.random(len(shown))
-        for name, score in scores.items():
-            hits.setdefault(name, []).append(float(shown[np.lexsort((tie_break, -score))[0]] == target))
-    hit1 = {name: round(float(np.mean(h)), 4) for name, h in hits.items()}
-    result = {"dataset": args.dataset, "seed": args.seed, "split": "valid", "users": len(hits["default"]),
-              "hit@1": dict(sorted(hit1.items(), key=lambda item: -item[1]))}
-    write_result(args.out, result)
-    print("default", hit1["default"], "| best:", list(result["hit@1"].items())[:5])
+        hits.add(scores, shown, target)
+    hits.write(args, "default")
 
 
 if __name__ == "__main__":
