@@ -294,7 +294,7 @@ class InteractionGraph:
         best = co.argmax(axis=0)
         counts = co[best, np.arange(len(cands))]
         support = [(int(n), int(hist[b]) if n > 0 else None) for n, b in zip(counts, best)]
-        weight = self.neighbour_weights(user) if neighbours != "none" else None
+        weight = self.neighbour_weights(user, cands) if neighbours != "none" else None
         if weight is not None and not window:
             co = self._cochooser_counts(user, hist, cands, mine, 0, weight)
         if decay < 1:
@@ -312,11 +312,20 @@ class InteractionGraph:
             strength = standardised(strength) + regularised * standardised(ease)
         return support, strength
 
-    def neighbour_weights(self, user: int) -> np.ndarray:
+    def neighbour_weights(self, user: int, candidates=()) -> np.ndarray:
         """Per other user, the cosine of their item set and `user`'s (0 for `user`): chains through
-        co-choosers who share much with the user count more (`evidence_neighbours: cosine`)."""
+        co-choosers who share much with the user count more (`evidence_neighbours: cosine`). The user's own
+        choice of a `candidates` item is left out of its set: at training time u0 chose the target, so with
+        it in, every co-chooser of the target would share one item more with u0 than the co-choosers of a
+        negative do, and the target would lead SFT prompts more often than a held-out target can."""
         shared = np.asarray(self.co[user].todense()).ravel().astype(float)
-        weight = shared / np.sqrt(np.maximum(self.sizes * self.sizes[user], 1))
+        size = self.sizes[user]
+        chosen = np.asarray(candidates, dtype=np.int64)
+        chosen = chosen[self.matrix[user, chosen].toarray().ravel() > 0] if len(chosen) else chosen
+        if len(chosen):
+            shared -= np.asarray(self.by_item[chosen].sum(axis=0)).ravel()
+            size -= len(chosen)
+        weight = shared / np.sqrt(np.maximum(self.sizes * size, 1))
         weight[user] = 0.0
         return weight
 

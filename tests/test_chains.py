@@ -125,19 +125,41 @@ def test_chain_strength_signals_computed_by_hand():
 
 def test_neighbour_weighted_chains_count_each_cochooser_by_its_cosine_with_the_user():
     """evidence_neighbours: cosine. u1 has 4 items; u2 shares 3 of its 4 (cosine 3/4), u3 2 of its 3
-    (2/sqrt(12)). The support an evidence line shows stays the number of real co-choosers."""
+    (2/sqrt(12)). Among candidates u1 chose 4 (its training target): scoring them, u1's items are {1, 2, 3},
+    u2 shares 2 of its 4 (2/sqrt(12)), u3 1 of its 3 (1/3). The support an evidence line shows stays the
+    number of real co-choosers."""
     g = graph()
     hist, cands = [1, 2, 3], [4, 7, 5]
+    np.testing.assert_allclose(g.neighbour_weights(1)[[1, 2, 3]], [0, 0.75, 2 / np.sqrt(12)])
+    np.testing.assert_allclose(g.neighbour_weights(1, cands)[[1, 2, 3]], [0, 2 / np.sqrt(12), 1 / 3])
     weighted = g.chain_strength(1, hist, cands, "sum_cochoosers", neighbours="cosine")
     # 4: (1,4) u2, (2,4) u2, (3,4) u3; 7: (1,7) u2, (2,7) u2 (u5 chose 7 but no history item); 5: none
-    assert weighted == pytest.approx([0.75 + 0.75 + 2 / np.sqrt(12), 0.75 + 0.75, 0])
-    assert g.neighbour_weights(1)[1] == 0  # the user itself never counts
+    u2, u3 = 2 / np.sqrt(12), 1 / 3
+    assert weighted == pytest.approx([u2 + u2 + u3, u2 + u2, 0])
     support, _ = g.evidence(1, hist, cands, "sum_cochoosers", neighbours="cosine")
     assert support == g.candidate_support(1, hist, cands) and support[0][0] == 1
     with pytest.raises(ValueError, match="unknown evidence_neighbours 'jaccard'"):
         g.chain_strength(1, hist, cands, "sum_cochoosers", neighbours="jaccard")
     with pytest.raises(ValueError, match="evidence_neighbours weighs chains in any order"):
         g.chain_strength(1, hist, cands, "sum_cochoosers", window=3, neighbours="cosine")
+
+
+def test_a_users_own_choice_of_a_candidate_never_counts_in_its_evidence():
+    """At training time u1 chose its target 4: the evidence of its SFT prompt must be what it would be if
+    u1 had not chosen it, as a held-out target's is, for every signal and weighting (the co-choosers'
+    counts, their cosine with u1, popularity, ordered pairs). Else the target leads SFT prompts more often
+    than a test target can."""
+    without = {user: items - {4} if user == 1 else items for user, items in TRAIN.items()}
+    sequences = {user: [i for i in seq if i != 4] if user == 1 else seq for user, seq in SEQUENCES.items()}
+    g = InteractionGraph(TRAIN, n_users=6, n_items=10, held_out=HELD_OUT, sequences=SEQUENCES)
+    g_without = InteractionGraph(without, n_users=6, n_items=10, held_out=HELD_OUT, sequences=sequences)
+    hist, cands = [1, 2, 3], [4, 7, 5]
+    for signal in ("max_cochoosers", "sum_cochoosers", "sum_cosine"):
+        for kwargs in ({}, {"neighbours": "cosine"}, {"popularity": 1.0}, {"window": 2, "unordered": 1.0},
+                       {"window": 2, "unordered": 1.0, "neighbours": "cosine", "decay": 0.5}):
+            mine, held_out = g.evidence(1, hist, cands, signal, **kwargs), g_without.evidence(1, hist, cands, signal, **kwargs)
+            assert mine[0] == held_out[0]
+            np.testing.assert_allclose(mine[1], held_out[1], err_msg=f"{signal} {kwargs}")
 
 
 def test_recency_weighs_chains_through_recent_history_items_more():
