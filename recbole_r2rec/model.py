@@ -13,6 +13,7 @@ from recbole.utils import InputType
 from recbole_r2rec import prompts
 from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph, check_evidence
 from recbole_r2rec.config import ConfigError
+from recbole_r2rec.learned_evidence import LearnedEvidence, check_evidence_model
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_order, require_candidate_lists
 from recbole_r2rec.scoring import (constrained_choice, continue_generation, evidence_fused, generate,
@@ -108,6 +109,7 @@ class R2Rec(SequentialRecommender):
             raise ConfigError(f"evidence_weight must be >= 0 (0: the LLM alone), not {self.evidence_weight}")
         needs_graph = self.chain_evidence or self.evidence_weight > 0 or self.llm is None
         self.graph = InteractionGraph.from_training(dataset) if needs_graph else None
+        self.learned = self.learned_evidence(config)
         # LLaRA-style collaborative evidence: a trained sequential model's scores blended into the chain
         # strength the candidates are ranked by (recbole_r2rec/sequential.py); None when off
         self.sequential_weight = float(config["sequential_weight"])
@@ -131,13 +133,36 @@ class R2Rec(SequentialRecommender):
         """Evidence lines speak of ordered chains (`evidence_window` > 0): "chose it soon after"."""
         return self.evidence_window > 0
 
-    def candidate_evidence(self, user: int, history: list, shown: list) -> tuple | None:
-        """`graph.evidence(...)` of the shown candidates: (support, strength), None without a graph."""
-        if self.graph is None:
+    def learned_evidence(self, config) -> LearnedEvidence | None:
+        """`evidence_model: gbdt`: the chain strength learnt from the training graph (learned_evidence.py),
+        fitted here, before any stage; None for `none`."""
+        try:
+            check_evidence_model(config["evidence_model"], config["evidence_model_examples"])
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if config["evidence_model"] == "none":
             return None
+        if self.graph is None:
+            raise ConfigError("evidence_model learns the chain strength: it needs chain_evidence or evidence_weight > 0")
+        return LearnedEvidence(self.graph, self.configured_evidence, self.evidence_window, *self.evidence_regularised[1:],
+                               self.history_len,
+                               config["evidence_model_examples"], self.seed)
+
+    def configured_evidence(self, user: int, history: list, shown: list) -> tuple:
+        """`graph.evidence(...)` with the evidence keys as set: (support, strength)."""
         return self.graph.evidence(user, history, shown, self.evidence_signal, self.evidence_recency,
                                    self.evidence_window, self.evidence_unordered, self.evidence_popularity,
                                    self.evidence_neighbours, self.evidence_decay, *self.evidence_regularised)
+
+    def candidate_evidence(self, user: int, history: list, shown: list) -> tuple | None:
+        """(support, strength) of the shown candidates, None without a graph: the strength learnt
+        (`evidence_model`) or as set; the support (what an evidence line shows) is always the real count."""
+        if self.graph is None:
+            return None
+        support, strength = self.configured_evidence(user, history, shown)
+        if self.learned is not None:
+            strength = self.learned.strength(user, history, shown, strength)
+        return support, strength
 
     def grounding(self, user: int, history: list, shown: list, evidence: tuple | None = None) -> str:
         """Chain-grounded evidence (`chain_evidence`): the candidates with the strongest real chains
