@@ -145,8 +145,7 @@ class R2Rec(SequentialRecommender):
         if self.graph is None:
             raise ConfigError("evidence_model learns the chain strength: it needs chain_evidence or evidence_weight > 0")
         return LearnedEvidence(self.graph, self.configured_evidence, self.evidence_window, *self.evidence_regularised[1:],
-                               self.history_len,
-                               config["evidence_model_examples"], self.seed)
+                               self.history_len, config["evidence_model_examples"], self.seed)
 
     def configured_evidence(self, user: int, history: list, shown: list) -> tuple:
         """`graph.evidence(...)` with the evidence keys as set: (support, strength)."""
