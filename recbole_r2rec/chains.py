@@ -312,6 +312,17 @@ class InteractionGraph:
             strength = standardised(strength) + regularised * standardised(ease)
         return support, strength
 
+    def any_order_signals(self, user: int, history, candidates, signals, recency: float = 1.0) -> list:
+        """`chain_strength` of each of `signals` over chains in any order (no blend), from one count of
+        co-choosers instead of one per signal."""
+        hist = np.array([i for i in history if i], dtype=np.int64)
+        cands = np.asarray(candidates, dtype=np.int64)
+        if not len(hist) or not len(cands):
+            return [np.zeros(len(cands)) for _ in signals]
+        mine = self.matrix[user].toarray().ravel()
+        co = self._cochooser_counts(user, hist, cands, mine, 0)
+        return [self._signal(co, signal, recency, hist, cands, mine) for signal in signals]
+
     def neighbour_weights(self, user: int, candidates=()) -> np.ndarray:
         """Per other user, the cosine of their item set and `user`'s (0 for `user`): chains through
         co-choosers who share much with the user count more (`evidence_neighbours: cosine`). The user's own

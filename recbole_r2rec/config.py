@@ -24,6 +24,11 @@ PROPERTIES = PROJECT_ROOT / "properties"
 BUNDLED_DATASETS = ("ml-100k",)  # RecBole ships these inside its package
 
 
+def is_count(value) -> bool:
+    """An integer setting, not a bool (`True` is an int to Python, and YAML or `--key=true` gives one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message says which and why."""
 

@@ -21,6 +21,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
 from recbole_r2rec.chains import InteractionGraph, standardised
+from recbole_r2rec.config import is_count
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ FOLDS = 5       # cross-fitting: each model learns from 4/5 of the users, and sc
 def check_evidence_model(name, examples) -> None:
     if name not in EVIDENCE_MODELS:
         raise ValueError(f"unknown evidence_model {name!r}; known: {list(EVIDENCE_MODELS)}")
-    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+    if not is_count(examples) or examples < 1:
         raise ValueError(f"evidence_model_examples must be an integer >= 1 (training targets a user), not {examples!r}")
 
 
@@ -60,8 +61,8 @@ class LearnedEvidence:
         self.fold = np.random.default_rng([seed, 11]).permutation(graph.matrix.shape[0]) % FOLDS
         start = time.perf_counter()
         x, y, folds = self.examples(examples, seed)
-        # one OpenMP thread: on these few features and rows, threads cost more than they save (measured: a
-        # 40-user graph fits in 2.1 s with one thread, 16.5 s with two while the other core is busy)
+        # one OpenMP thread: on these few features and rows, threads cost more than they save (measured on the
+        # 40-user test graph with the other core busy: 2.1 s with one thread; with two, 16.5 s under cProfile)
         with threadpool_limits(limits=1, user_api="openmp"):
             self.models = [HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
                                                           random_state=seed).fit(x[folds != f], y[folds != f])
@@ -80,9 +81,8 @@ class LearnedEvidence:
             configured = self.configured(user, history, shown)[1]
         signals = [configured,
                    g.chain_strength(user, history, shown, "sum_cosine", RECENCY, self.window, decay=DECAY),
-                   g.chain_strength(user, history, shown, "sum_cosine", RECENCY),
-                   g.chain_strength(user, history, shown, "sum_cochoosers", RECENCY),
-                   g.chain_strength(user, history, shown, "max_cochoosers"),
+                   *g.any_order_signals(user, history, shown, ("sum_cosine", "sum_cochoosers", "max_cochoosers"),
+                                        RECENCY),
                    np.log1p(g.popularity[cands] - mine),
                    np.log1p(self.recent[cands] - np.isin(cands, g.sequences.get(user, [])[-RECENT:]))]
         if self.ease:

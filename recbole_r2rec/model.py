@@ -12,7 +12,7 @@ from recbole.utils import InputType
 
 from recbole_r2rec import prompts
 from recbole_r2rec.chains import EVIDENCE_SIGNALS, InteractionGraph, check_evidence
-from recbole_r2rec.config import ConfigError
+from recbole_r2rec.config import ConfigError, is_count
 from recbole_r2rec.learned_evidence import LearnedEvidence, check_evidence_model
 from recbole_r2rec.llm import load_backbone
 from recbole_r2rec.protocol import ProtocolError, candidate_order, require_candidate_lists
@@ -28,11 +28,6 @@ def without_llm(config) -> bool:
     """`llm_path: none`: no LLM at all, candidates ranked by their chain strength (`evidence_signal`)
     alone: the ablation that shows what the LLM adds to the evidence it reads."""
     return str(config["llm_path"]).lower() == "none"
-
-
-def is_count(value) -> bool:
-    """An integer setting, not a bool (`True` is an int to Python, and YAML or `--key=true` gives one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class R2Rec(SequentialRecommender):
