@@ -26,15 +26,22 @@ from recbole_r2rec.config import is_count
 logger = logging.getLogger(__name__)
 
 EVIDENCE_MODELS = ("none", "gbdt")
+# which columns the model sees: `all` = each signal raw and standardised over the candidates, and the user's
+# profile size; `standardised` = the standardised columns and the profile size only. Raw values (popularity
+# above all) shift between a user's last training items and the later items held out: on steam's validation
+# users the raw columns cost more than the learnt weighting gains (bench/learned_evidence_features.py)
+FEATURE_SETS = ("all", "standardised")
 NEGATIVES = 19  # beside each training target, as the protocol's candidate lists hold
 RECENT = 10     # "recent popularity": users with the item among their last RECENT training items
 WINDOW, DECAY, RECENCY = 20, 0.95, 0.9  # ordered chains within 20 steps, decayed; history items decayed
 FOLDS = 5       # cross-fitting: each model learns from 4/5 of the users, and scores the other 1/5
 
 
-def check_evidence_model(name, examples) -> None:
+def check_evidence_model(name, examples, feature_set="all") -> None:
     if name not in EVIDENCE_MODELS:
         raise ValueError(f"unknown evidence_model {name!r}; known: {list(EVIDENCE_MODELS)}")
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown evidence_model_features {feature_set!r}; known: {list(FEATURE_SETS)}")
     if not is_count(examples) or examples < 1:
         raise ValueError(f"evidence_model_examples must be an integer >= 1 (training targets a user), not {examples!r}")
 
@@ -45,11 +52,12 @@ class LearnedEvidence:
     (`InteractionGraph.evidence` with the model's settings): one feature among the others."""
 
     def __init__(self, graph: InteractionGraph, configured, window: int, penalty: float, regularised_recency: float,
-                 history_len: int, examples: int, seed: int):
+                 history_len: int, examples: int, seed: int, feature_set: str = "all"):
         if not graph.sequences:
             raise ValueError("evidence_model learns from each user's last training items in time order; this "
                              "graph was built from data without item lists")
         self.graph, self.configured, self.history_len = graph, configured, history_len
+        self.raw = {"all": True, "standardised": False}[feature_set]
         # the signals besides the configured one look at the last items more (RECENCY a step back) and at
         # ordered chains decayed DECAY a step, whatever the dataset's own evidence does: the model weighs them
         self.window = window or WINDOW
@@ -71,8 +79,9 @@ class LearnedEvidence:
                     time.perf_counter() - start)
 
     def features(self, user: int, history, candidates, configured=None) -> np.ndarray:
-        """[candidates, features]: each signal raw and standardised over the candidates, then the size of the
-        user's profile. The user's own choice of a candidate never counts (see `InteractionGraph.evidence`)."""
+        """[candidates, features]: each signal standardised over the candidates (and raw, with the feature set
+        `all`), then the size of the user's profile. The user's own choice of a candidate never counts (see
+        `InteractionGraph.evidence`)."""
         g, shown = self.graph, list(candidates)
         cands = np.asarray(shown, dtype=np.int64)
         hist = np.array([i for i in history if i], dtype=np.int64)
@@ -88,7 +97,7 @@ class LearnedEvidence:
         if self.ease:
             signals.append(g.regularised_strength(user, hist, cands, self.penalty, self.regularised_recency)
                            if len(hist) else np.zeros(len(cands)))
-        columns = [c for s in signals for c in (np.asarray(s, dtype=float), standardised(s))]
+        columns = [c for s in signals for c in ((np.asarray(s, dtype=float),) if self.raw else ()) + (standardised(s),)]
         return np.stack(columns + [np.full(len(cands), np.log1p(g.sizes[user] - mine.sum()))], axis=1)
 
     def examples(self, per_user: int, seed: int) -> tuple:

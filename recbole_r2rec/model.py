@@ -132,7 +132,8 @@ class R2Rec(SequentialRecommender):
         """`evidence_model: gbdt`: the chain strength learnt from the training graph (learned_evidence.py),
         fitted here, before any stage; None for `none`."""
         try:
-            check_evidence_model(config["evidence_model"], config["evidence_model_examples"])
+            check_evidence_model(config["evidence_model"], config["evidence_model_examples"],
+                                 config["evidence_model_features"])
         except ValueError as error:
             raise ConfigError(str(error)) from None
         if config["evidence_model"] == "none":
@@ -140,7 +141,8 @@ class R2Rec(SequentialRecommender):
         if self.graph is None:
             raise ConfigError("evidence_model learns the chain strength: it needs chain_evidence or evidence_weight > 0")
         return LearnedEvidence(self.graph, self.configured_evidence, self.evidence_window, *self.evidence_regularised[1:],
-                               self.history_len, config["evidence_model_examples"], self.seed)
+                               self.history_len, config["evidence_model_examples"], self.seed,
+                               config["evidence_model_features"])
 
     def configured_evidence(self, user: int, history: list, shown: list) -> tuple:
         """`graph.evidence(...)` with the evidence keys as set: (support, strength)."""

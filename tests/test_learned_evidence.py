@@ -25,11 +25,11 @@ def walks(users: int = 40, items: int = 30, seed: int = 0) -> dict:
     return out
 
 
-def learned(sequences: dict, n_users: int = 41, n_items: int = 31, seed: int = 0) -> LearnedEvidence:
+def learned(sequences: dict, n_users: int = 41, n_items: int = 31, seed: int = 0, columns: str = "all") -> LearnedEvidence:
     graph = InteractionGraph({u: set(s) for u, s in sequences.items()}, n_users, n_items, sequences=sequences)
     configured = lambda user, history, cands: graph.evidence(user, history, cands, "sum_cosine", neighbours="cosine")
     return LearnedEvidence(graph, configured, window=0, penalty=5.0, regularised_recency=0.7, history_len=5,
-                           examples=2, seed=seed)
+                           examples=2, seed=seed, feature_set=columns)
 
 
 def test_the_features_of_a_training_target_are_those_of_a_held_out_one():
@@ -44,6 +44,20 @@ def test_the_features_of_a_training_target_are_those_of_a_held_out_one():
     with_target, held_out = learned(sequences), learned(without)
     np.testing.assert_allclose(with_target.features(user, history, cands), held_out.features(user, history, cands))
     assert held_out.features(user, history, cands).shape == (len(cands), 17)  # 8 signals, raw and standardised, + size
+
+
+def test_standardised_feature_set_never_shows_the_model_a_raw_value():
+    """evidence_model_features: standardised: the model sees each signal only as z-scores over the user's
+    candidates (what shifts between training and held-out targets, raw popularity above all, never reaches it),
+    the same z-scores as the full set, and the profile size."""
+    sequences = walks()
+    user, history, cands = 2, sequences[2][-6:-1], [sequences[2][-1]] + list(range(1, 13))
+    full, only = learned(sequences).features(user, history, cands), learned(sequences, columns="standardised")
+    features = only.features(user, history, cands)
+    assert features.shape == (len(cands), 9) and only.models[0].n_features_in_ == 9  # 8 signals + size
+    np.testing.assert_allclose(features, full[:, [*range(1, 16, 2), 16]])
+    np.testing.assert_allclose(features[:, :8].mean(axis=0), 0, atol=1e-12)
+    assert not np.allclose(only.strength(user, history, cands), learned(sequences).strength(user, history, cands))
 
 
 def test_each_user_is_scored_by_the_model_fitted_without_its_fold():
@@ -91,6 +105,8 @@ def test_without_llm_the_learned_strength_ranks_the_candidates(tiny_data_path):
 @pytest.mark.parametrize("settings,message", [
     ({"evidence_model": "xgboost"}, r"unknown evidence_model 'xgboost'; known: \['none', 'gbdt'\]"),
     ({"evidence_model": "gbdt", "evidence_model_examples": 0}, "evidence_model_examples must be an integer >= 1"),
+    ({"evidence_model": "gbdt", "evidence_model_features": "raw"},
+     r"unknown evidence_model_features 'raw'; known: \['all', 'standardised'\]"),
     ({"evidence_model": "gbdt", "chain_evidence": False, "evidence_weight": 0.0},
      "evidence_model learns the chain strength: it needs chain_evidence or evidence_weight > 0"),
 ])
