@@ -57,7 +57,8 @@ class LearnedEvidence:
             raise ValueError("evidence_model learns from each user's last training items in time order; this "
                              "graph was built from data without item lists")
         self.graph, self.configured, self.history_len = graph, configured, history_len
-        self.raw = {"all": True, "standardised": False}[feature_set]
+        check_evidence_model("gbdt", examples, feature_set)
+        self.raw = feature_set == "all"
         # the signals besides the configured one look at the last items more (RECENCY a step back) and at
         # ordered chains decayed DECAY a step, whatever the dataset's own evidence does: the model weighs them
         self.window = window or WINDOW
@@ -97,7 +98,9 @@ class LearnedEvidence:
         if self.ease:
             signals.append(g.regularised_strength(user, hist, cands, self.penalty, self.regularised_recency)
                            if len(hist) else np.zeros(len(cands)))
-        columns = [c for s in signals for c in ((np.asarray(s, dtype=float),) if self.raw else ()) + (standardised(s),)]
+        columns = []
+        for signal in signals:
+            columns += [np.asarray(signal, dtype=float), standardised(signal)] if self.raw else [standardised(signal)]
         return np.stack(columns + [np.full(len(cands), np.log1p(g.sizes[user] - mine.sum()))], axis=1)
 
     def examples(self, per_user: int, seed: int) -> tuple:
