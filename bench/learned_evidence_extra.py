@@ -1,0 +1,127 @@
+"""Would R2Rec's learnt chain strength (`evidence_model: gbdt`, standardised columns) gain from more columns
+or more training examples? Hit@1 of the 20 candidates of every *validation* user, no LLM, ties broken at
+random, each model fitted as R2Rec fits it (5 folds of users, each user scored by the model fitted on the
+other 4). Why these: on ml-100k the chains lose to GRU4Rec on rare targets and on what comes right next
+(bench/error_analysis.py), so each added column is a guess at what a sequential model sees and the chains
+do not. Every column is standardised over the 20 candidates and appended to the `standardised` set:
+
+- `late`: the candidate's mean relative position in the other users' training sequences (0 first, 1 last;
+  the user's own sequence left out): items that tend to come late, a stand-in for time without timestamps;
+- `short`: ordered chains from the last 3 history items only, within 3 steps (what comes right next);
+- `attr`: cosine of the candidate's attributes (ml-100k `class`, lastfm `tags`, steam `genre`) with the
+  history's, the k-th most recent item weighed 0.9**k (a chain through an attribute instead of a user);
+- `year` (ml-100k): the candidate's release year, and minus its distance to the history's mean year.
+
+Rows: `none@n` (R2Rec's standardised set) and `<columns>@n`, n training examples a user (`--examples`).
+
+    .venv/bin/python bench/learned_evidence_extra.py --dataset ml-100k --seed 2020 \
+        --out results/analysis/learned_evidence_extra-ml-100k-seed2020.json
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from recbole_r2rec.chains import standardised
+from recbole_r2rec.learned_evidence import LearnedEvidence
+
+from evidence_setup import CHAIN_KEYS, ValidationHits, evidence_parser, evidence_setup, split_users
+
+ATTRIBUTE = {"ml-100k": "class", "lastfm": "tags", "steam": "genre"}
+RECENCY = 0.9
+
+
+def attribute_matrix(dataset, field: str) -> sp.csr_matrix:
+    """items x attribute tokens, each row of unit length (RecBole's token_seq ids, 0 = padding)."""
+    tokens = dataset.item_feat[field].numpy()
+    rows = np.repeat(np.arange(len(tokens)), tokens.shape[1])
+    keep = tokens.ravel() > 0
+    matrix = sp.csr_matrix((np.ones(keep.sum()), (rows[keep], tokens.ravel()[keep])),
+                           shape=(len(tokens), tokens.max() + 1))
+    matrix.data[:] = 1.0  # a token repeated in one item counts once
+    norm = np.sqrt(np.asarray(matrix.sum(axis=1)).ravel())
+    return sp.csr_matrix(matrix.multiply(1 / np.maximum(norm, 1e-9)[:, None]))
+
+
+def release_years(dataset) -> np.ndarray:
+    """Per item its release year as a number; unknown years (and padding) get the median."""
+    names = dataset.id2token("release_year", dataset.item_feat["release_year"].numpy())
+    years = np.array([float(name) if str(name).isdigit() else np.nan for name in names])
+    return np.where(np.isnan(years), np.nanmedian(years), years)
+
+
+class ExtraEvidence(LearnedEvidence):
+    """R2Rec's learnt strength with the columns named in `extra` appended (see the module docstring)."""
+
+    def __init__(self, *args, extra=(), attributes=None, years=None, **kwargs):
+        self.extra, self.attributes, self.years = extra, attributes, years
+        graph = args[0]
+        n = graph.matrix.shape[1]
+        self.position_sum, self.position_count, self.own_positions = np.zeros(n), np.zeros(n), {}
+        for user, sequence in graph.sequences.items():
+            sequence = np.asarray(sequence, dtype=np.int64)
+            relative = np.arange(len(sequence)) / max(len(sequence) - 1, 1)
+            np.add.at(self.position_sum, sequence, relative)
+            np.add.at(self.position_count, sequence, 1)
+            self.own_positions[user] = (sequence, relative)
+        super().__init__(*args, **kwargs)
+
+    def features(self, user: int, history, candidates, configured=None) -> np.ndarray:
+        base = super().features(user, history, candidates, configured)
+        shown = list(candidates)
+        cands = np.asarray(shown, dtype=np.int64)
+        hist = np.array([i for i in history if i], dtype=np.int64)
+        columns = []
+        if "late" in self.extra:
+            total, count = self.position_sum[cands].copy(), self.position_count[cands].copy()
+            sequence, relative = self.own_positions.get(user, (np.zeros(0, np.int64), np.zeros(0)))
+            mine = sequence[None, :] == cands[:, None]
+            total -= mine @ relative
+            count -= mine.sum(axis=1)
+            columns.append(np.where(count > 0, total / np.maximum(count, 1), 0.5))
+        if "short" in self.extra:
+            columns.append(self.graph.chain_strength(user, list(hist[-3:]), shown, "sum_cosine", 0.5, 3))
+        if "attr" in self.extra:
+            weights = RECENCY ** np.arange(len(hist))[::-1]
+            profile = np.asarray(self.attributes[hist].T @ weights).ravel() if len(hist) else np.zeros(0)
+            columns.append(np.asarray(self.attributes[cands] @ profile).ravel() if len(hist) else np.zeros(len(cands)))
+        if "year" in self.extra:
+            year = self.years[cands]
+            mean = self.years[hist].mean() if len(hist) else year.mean()
+            columns += [year, -np.abs(year - mean)]
+        return np.concatenate([base] + [standardised(column)[:, None] for column in columns], axis=1)
+
+
+def main():
+    parser = evidence_parser(__doc__)
+    parser.add_argument("--sets", default="none,late,short,attr",
+                        help="comma-separated; columns joined by +, e.g. none,late,attr+year")
+    parser.add_argument("--examples", default="3", help="training examples a user, comma-separated")
+    args = parser.parse_args()
+    own, (train, valid, _), graph = evidence_setup(args.dataset, args.seed)
+    dataset = train._dataset
+    attributes = attribute_matrix(dataset, ATTRIBUTE[args.dataset]) if args.dataset in ATTRIBUTE else None
+    years = release_years(dataset) if "release_year" in dataset.item_feat else None
+    keys = [own[key] for key in CHAIN_KEYS]
+    configured = lambda user, history, shown: graph.evidence(user, history, shown, *keys)
+    models = {}
+    for name in args.sets.split(","):
+        extra = () if name == "none" else tuple(name.split("+"))
+        if ("attr" in extra and attributes is None) or ("year" in extra and years is None):
+            raise SystemExit(f"{args.dataset} has no item attribute for {name!r}")
+        for examples in map(int, args.examples.split(",")):
+            models[f"{name}@{examples}"] = ExtraEvidence(
+                graph, configured, own["evidence_window"], own["evidence_regularised_penalty"],
+                own["evidence_regularised_recency"], args.history_len, examples, args.seed, "standardised",
+                extra=extra, attributes=attributes, years=years)
+    hits = ValidationHits(args.seed)
+    for user, target, history, shown in split_users(valid, args.history_len):
+        strength = configured(user, history, shown)[1]
+        scores = {"own": strength}
+        scores.update({name: model.strength(user, history, shown, strength) for name, model in models.items()})
+        hits.add(scores, shown, target)
+    hits.write(args, "none@" + args.examples.split(",")[0])
+
+
+if __name__ == "__main__":
+    main()
