@@ -78,3 +78,15 @@ class ValidationHits:
         write_result(args.out, result)
         print(reference, hit1[reference], "| best:", list(result["hit@1"].items())[:5])
         return result
+
+
+def learned_hits(valid, history_len: int, seed: int, configured, models: dict) -> ValidationHits:
+    """Hit@1 over the validation users of the dataset's own evidence (`own`, from `configured(user, history,
+    shown)`) and of each named learnt strength in `models` (`LearnedEvidence` or a subclass)."""
+    hits = ValidationHits(seed)
+    for user, target, history, shown in split_users(valid, history_len):
+        strength = configured(user, history, shown)[1]
+        scores = {"own": strength}
+        scores.update({name: model.strength(user, history, shown, strength) for name, model in models.items()})
+        hits.add(scores, shown, target)
+    return hits

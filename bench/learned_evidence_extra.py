@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from recbole_r2rec.chains import standardised
 from recbole_r2rec.learned_evidence import LearnedEvidence
 
-from evidence_setup import CHAIN_KEYS, ValidationHits, evidence_parser, evidence_setup, split_users
+from evidence_setup import CHAIN_KEYS, evidence_parser, evidence_setup, learned_hits
 
 ATTRIBUTE = {"ml-100k": "class", "lastfm": "tags", "steam": "genre"}
 RECENCY = 0.9
@@ -114,13 +114,7 @@ def main():
                 graph, configured, own["evidence_window"], own["evidence_regularised_penalty"],
                 own["evidence_regularised_recency"], args.history_len, examples, args.seed, "standardised",
                 extra=extra, attributes=attributes, years=years)
-    hits = ValidationHits(args.seed)
-    for user, target, history, shown in split_users(valid, args.history_len):
-        strength = configured(user, history, shown)[1]
-        scores = {"own": strength}
-        scores.update({name: model.strength(user, history, shown, strength) for name, model in models.items()})
-        hits.add(scores, shown, target)
-    hits.write(args, "none@" + args.examples.split(",")[0])
+    learned_hits(valid, args.history_len, args.seed, configured, models).write(args, "none@" + args.examples.split(",")[0])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from recbole_r2rec.learned_evidence import FEATURE_SETS, LearnedEvidence
 
-from evidence_setup import CHAIN_KEYS, ValidationHits, evidence_parser, evidence_setup, split_users
+from evidence_setup import CHAIN_KEYS, evidence_parser, evidence_setup, learned_hits
 
 
 def main():
@@ -23,13 +23,7 @@ def main():
     learned = {columns: LearnedEvidence(graph, configured, own["evidence_window"], own["evidence_regularised_penalty"],
                                         own["evidence_regularised_recency"], args.history_len, 3, args.seed, columns)
                for columns in FEATURE_SETS}
-    hits = ValidationHits(args.seed)
-    for user, target, history, shown in split_users(valid, args.history_len):
-        strength = configured(user, history, shown)[1]
-        scores = {"own": strength}
-        scores.update({columns: model.strength(user, history, shown, strength) for columns, model in learned.items()})
-        hits.add(scores, shown, target)
-    hits.write(args, "own")
+    learned_hits(valid, args.history_len, args.seed, configured, learned).write(args, "own")
 
 
 if __name__ == "__main__":
