@@ -3,7 +3,8 @@ or more training examples? Hit@1 of the 20 candidates of every *validation* user
 random, each model fitted as R2Rec fits it (5 folds of users, each user scored by the model fitted on the
 other 4). Why these: on ml-100k the chains lose to GRU4Rec on rare targets and on what comes right next
 (bench/error_analysis.py), so each added column is a guess at what a sequential model sees and the chains
-do not. Every column is standardised over the 20 candidates and appended to the `standardised` set:
+do not. Every column is standardised over the 20 candidates and appended to the `--features` set
+(default `standardised`):
 
 - `late`: the candidate's mean relative position in the other users' training sequences (0 first, 1 last;
   the user's own sequence left out): items that tend to come late, a stand-in for time without timestamps;
@@ -23,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recbole_r2rec.chains import standardised
-from recbole_r2rec.learned_evidence import LearnedEvidence
+from recbole_r2rec.learned_evidence import FEATURE_SETS, LearnedEvidence
 
 from evidence_setup import CHAIN_KEYS, evidence_parser, evidence_setup, learned_hits
 
@@ -97,6 +98,8 @@ def main():
     parser.add_argument("--sets", default="none,late,short,attr",
                         help="comma-separated; columns joined by +, e.g. none,late,attr+year")
     parser.add_argument("--examples", default="3", help="training examples a user, comma-separated")
+    parser.add_argument("--features", default="standardised", choices=FEATURE_SETS,
+                        help="the evidence_model_features the columns are added to (lastfm's rows use all)")
     args = parser.parse_args()
     own, (train, valid, _), graph = evidence_setup(args.dataset, args.seed)
     dataset = train._dataset
@@ -112,7 +115,7 @@ def main():
         for examples in map(int, args.examples.split(",")):
             models[f"{name}@{examples}"] = ExtraEvidence(
                 graph, configured, own["evidence_window"], own["evidence_regularised_penalty"],
-                own["evidence_regularised_recency"], args.history_len, examples, args.seed, "standardised",
+                own["evidence_regularised_recency"], args.history_len, examples, args.seed, args.features,
                 extra=extra, attributes=attributes, years=years)
     learned_hits(valid, args.history_len, args.seed, configured, models).write(args, "none@" + args.examples.split(",")[0])
 
