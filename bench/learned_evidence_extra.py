@@ -51,6 +51,12 @@ def release_years(dataset) -> np.ndarray:
     return np.where(np.isnan(years), np.nanmedian(years), years)
 
 
+def positions(sequence) -> tuple:
+    """(items, each one's relative position in the sequence: 0 first, 1 last)."""
+    sequence = np.asarray(sequence, dtype=np.int64)
+    return sequence, np.arange(len(sequence)) / max(len(sequence) - 1, 1)
+
+
 class ExtraEvidence(LearnedEvidence):
     """R2Rec's learnt strength with the columns named in `extra` appended (see the module docstring)."""
 
@@ -58,13 +64,11 @@ class ExtraEvidence(LearnedEvidence):
         self.extra, self.attributes, self.years = extra, attributes, years
         graph = args[0]
         n = graph.matrix.shape[1]
-        self.position_sum, self.position_count, self.own_positions = np.zeros(n), np.zeros(n), {}
-        for user, sequence in graph.sequences.items():
-            sequence = np.asarray(sequence, dtype=np.int64)
-            relative = np.arange(len(sequence)) / max(len(sequence) - 1, 1)
+        self.position_sum, self.position_count = np.zeros(n), np.zeros(n)
+        for sequence in graph.sequences.values():
+            sequence, relative = positions(sequence)
             np.add.at(self.position_sum, sequence, relative)
             np.add.at(self.position_count, sequence, 1)
-            self.own_positions[user] = (sequence, relative)
         super().__init__(*args, **kwargs)
 
     def features(self, user: int, history, candidates, configured=None) -> np.ndarray:
@@ -75,7 +79,7 @@ class ExtraEvidence(LearnedEvidence):
         columns = []
         if "late" in self.extra:
             total, count = self.position_sum[cands].copy(), self.position_count[cands].copy()
-            sequence, relative = self.own_positions.get(user, (np.zeros(0, np.int64), np.zeros(0)))
+            sequence, relative = positions(self.graph.sequences.get(user, ()))
             mine = sequence[None, :] == cands[:, None]
             total -= mine @ relative
             count -= mine.sum(axis=1)
@@ -84,8 +88,8 @@ class ExtraEvidence(LearnedEvidence):
             columns.append(self.graph.chain_strength(user, list(hist[-3:]), shown, "sum_cosine", 0.5, 3))
         if "attr" in self.extra:
             weights = RECENCY ** np.arange(len(hist))[::-1]
-            profile = np.asarray(self.attributes[hist].T @ weights).ravel() if len(hist) else np.zeros(0)
-            columns.append(np.asarray(self.attributes[cands] @ profile).ravel() if len(hist) else np.zeros(len(cands)))
+            profile = np.asarray(self.attributes[hist].T @ weights).ravel()  # zeros without a history
+            columns.append(np.asarray(self.attributes[cands] @ profile).ravel())
         if "year" in self.extra:
             year = self.years[cands]
             mean = self.years[hist].mean() if len(hist) else year.mean()
@@ -117,7 +121,7 @@ def main():
                 graph, configured, own["evidence_window"], own["evidence_regularised_penalty"],
                 own["evidence_regularised_recency"], args.history_len, examples, args.seed, args.features,
                 extra=extra, attributes=attributes, years=years)
-    learned_hits(valid, args.history_len, args.seed, configured, models).write(args, "none@" + args.examples.split(",")[0])
+    learned_hits(valid, args.history_len, args.seed, configured, models).write(args, next(iter(models)))
 
 
 if __name__ == "__main__":
