@@ -11,7 +11,10 @@ do not. Every column is standardised over the 20 candidates and appended to the 
 - `short`: ordered chains from the last 3 history items only, within 3 steps (what comes right next);
 - `attr`: cosine of the candidate's attributes (ml-100k `class`, lastfm `tags`, steam `genre`) with the
   history's, the k-th most recent item weighed 0.9**k (a chain through an attribute instead of a user);
-- `year` (ml-100k): the candidate's release year, and minus its distance to the history's mean year.
+- `year` (ml-100k): the candidate's release year, and minus its distance to the history's mean year;
+- `now`: how often the other users chose the candidate among the last 1% and the last 5% of all training
+  interactions before the user's latest history item (by timestamp, so nothing from the user's future):
+  a chain through the users active at the same time, which the sequential models can only infer.
 
 Rows: `none@n` (R2Rec's standardised set) and `<columns>@n`, n training examples a user (`--examples`).
 
@@ -30,6 +33,7 @@ from evidence_setup import CHAIN_KEYS, evidence_parser, evidence_setup, learned_
 
 ATTRIBUTE = {"ml-100k": "class", "lastfm": "tags", "steam": "genre"}
 RECENCY = 0.9
+NOW_SHARES = (0.01, 0.05)  # `now`: the windows, as shares of all training interactions
 
 
 def attribute_matrix(dataset, field: str) -> sp.csr_matrix:
@@ -51,6 +55,19 @@ def release_years(dataset) -> np.ndarray:
     return np.where(np.isnan(years), np.nanmedian(years), years)
 
 
+def training_times(dataset) -> dict:
+    """user -> the timestamps of its training sequence (as `training_interactions` orders the items): the
+    first row's history, then each row's target."""
+    inter, times = dataset.inter_feat, {}
+    users, lengths = inter["user_id"].tolist(), inter["item_length"].tolist()
+    stamps, lists = inter["timestamp"].tolist(), inter["timestamp_list"].tolist()
+    for user, length, stamp, history in zip(users, lengths, stamps, lists):
+        if user not in times:
+            times[user] = history[:length]
+        times[user].append(stamp)
+    return times
+
+
 def positions(sequence) -> tuple:
     """(items, each one's relative position in the sequence: 0 first, 1 last)."""
     sequence = np.asarray(sequence, dtype=np.int64)
@@ -60,9 +77,17 @@ def positions(sequence) -> tuple:
 class ExtraEvidence(LearnedEvidence):
     """R2Rec's learnt strength with the columns named in `extra` appended (see the module docstring)."""
 
-    def __init__(self, *args, extra=(), attributes=None, years=None, **kwargs):
+    def __init__(self, *args, extra=(), attributes=None, years=None, times=None, **kwargs):
         self.extra, self.attributes, self.years = extra, attributes, years
         graph = args[0]
+        if "now" in extra:
+            self.when = {(u, i): t for u, sequence in graph.sequences.items() for i, t in zip(sequence, times[u])}
+            order = sorted(self.when.items(), key=lambda pair: pair[1])
+            self.clock = np.array([t for _, t in order])
+            self.item_times = {}
+            for (_, item), t in order:  # per item its training timestamps, sorted
+                self.item_times.setdefault(item, []).append(t)
+            self.item_times = {item: np.array(ts) for item, ts in self.item_times.items()}
         n = graph.matrix.shape[1]
         self.position_sum, self.position_count = np.zeros(n), np.zeros(n)
         for sequence in graph.sequences.values():
@@ -94,6 +119,18 @@ class ExtraEvidence(LearnedEvidence):
             year = self.years[cands]
             mean = self.years[hist].mean() if len(hist) else year.mean()
             columns += [year, -np.abs(year - mean)]
+        if "now" in self.extra:
+            now = max(self.when[user, int(i)] for i in hist) if len(hist) else self.clock[-1]
+            end = np.searchsorted(self.clock, now, side="right")
+            for share in NOW_SHARES:
+                start = self.clock[max(0, end - int(share * len(self.clock)))]
+                counts = []
+                for c in cands:
+                    ts = self.item_times.get(int(c), np.zeros(0))
+                    own = self.when.get((user, int(c)))
+                    mine = own is not None and start < own <= now
+                    counts.append(np.searchsorted(ts, now, "right") - np.searchsorted(ts, start, "right") - mine)
+                columns.append(np.log1p(np.asarray(counts, dtype=float)))
         return np.concatenate([base] + [standardised(column)[:, None] for column in columns], axis=1)
 
 
@@ -109,6 +146,7 @@ def main():
     dataset = train._dataset
     attributes = attribute_matrix(dataset, ATTRIBUTE[args.dataset]) if args.dataset in ATTRIBUTE else None
     years = release_years(dataset) if "release_year" in dataset.item_feat else None
+    times = training_times(dataset) if "now" in args.sets else None
     keys = [own[key] for key in CHAIN_KEYS]
     configured = lambda user, history, shown: graph.evidence(user, history, shown, *keys)
     models = {}
@@ -120,7 +158,7 @@ def main():
             models[f"{name}@{examples}"] = ExtraEvidence(
                 graph, configured, own["evidence_window"], own["evidence_regularised_penalty"],
                 own["evidence_regularised_recency"], args.history_len, examples, args.seed, args.features,
-                extra=extra, attributes=attributes, years=years)
+                extra=extra, attributes=attributes, years=years, times=times)
     learned_hits(valid, args.history_len, args.seed, configured, models).write(args, next(iter(models)))
 
 
