@@ -122,15 +122,13 @@ class ExtraEvidence(LearnedEvidence):
         if "now" in self.extra:
             now = max(self.when[user, int(i)] for i in hist) if len(hist) else self.clock[-1]
             end = np.searchsorted(self.clock, now, side="right")
+            stamps = [self.item_times.get(int(c), np.zeros(0)) for c in cands]
+            until = np.array([np.searchsorted(ts, now, "right") for ts in stamps])
+            own = np.array([self.when.get((user, int(c)), np.inf) for c in cands])  # the user's own choice of c
             for share in NOW_SHARES:
                 start = self.clock[max(0, end - int(share * len(self.clock)))]
-                counts = []
-                for c in cands:
-                    ts = self.item_times.get(int(c), np.zeros(0))
-                    own = self.when.get((user, int(c)))
-                    mine = own is not None and start < own <= now
-                    counts.append(np.searchsorted(ts, now, "right") - np.searchsorted(ts, start, "right") - mine)
-                columns.append(np.log1p(np.asarray(counts, dtype=float)))
+                since = np.array([np.searchsorted(ts, start, "right") for ts in stamps])
+                columns.append(np.log1p(until - since - ((start < own) & (own <= now))))
         return np.concatenate([base] + [standardised(column)[:, None] for column in columns], axis=1)
 
 
